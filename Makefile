@@ -1,0 +1,35 @@
+# Two commands for a new user on a fresh machine: `make demo` and `make test`.
+# Each creates .venv when missing and installs what it needs; reinstalls when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= local,torch,dev
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m dags.commodity.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/local_backend.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,185 @@
+"""The embedded local backend: runs the work on this machine for real, durably.
+
+Each run is a directory (see `store`) and a detached supervisor process (see `supervisor`), so the
+process that submitted it may exit and any other process can adopt, watch, read logs and cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+from shared.backends.base import SubmitContext
+from shared.backends.local import procs
+from shared.backends.local.store import RunDir, Store, key_digest
+from shared.errors import NotFound
+from shared.specs.model import Spec
+from shared.status import Handle, Kind, State, Status
+
+RESOURCE_OF = {Kind.PIPELINE: "PipelineRun", Kind.EXPERIMENT: "Experiment"}
+CANCEL_GRACE = 3.0  # seconds the supervisor gets to stop its children before we kill everything
+
+
+def _resource(spec: Spec) -> str:
+    return getattr(spec, "resource", None) or RESOURCE_OF[spec.kind]
+
+
+def run_id_for(name: str, key: str, attempt: int) -> str:
+    """Deterministic, readable and unique per (key, attempt): `<name>-<key digest>-<attempt>`."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40] or "run"
+    return f"{slug}-{key_digest(key)[:8]}-{attempt}"
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, state_dir: str | os.PathLike[str] | None = None, poll_interval: float = 0.2):
+        self.store = Store(Path(state_dir) if state_dir else None)
+        self.poll_interval = poll_interval
+        self._children: dict[int, subprocess.Popen] = {}
+
+    # ------------------------------------------------------------------ submit and find
+
+    def submit(self, spec: Spec, key: str, attempt: int, context: SubmitContext) -> Handle:
+        with self.store.key_lock(key):
+            run = self.store.run(run_id_for(spec.name, key, attempt))
+            if run.exists():  # another process won the race for this (key, attempt): adopt it
+                return run.handle()
+            handle = Handle(
+                backend=self.name,
+                kind=spec.kind,
+                id=run.id,
+                key=key,
+                attempt=attempt,
+                name=spec.name,
+                url=run.path.as_uri(),
+                resource=_resource(spec),
+            )
+            run.create(handle, spec, context)
+            self._start_supervisor(run)
+            self.store.record_attempt(key, run.id)
+            return handle
+
+    def _start_supervisor(self, run: RunDir) -> None:
+        with open(run.path / "supervisor.log", "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "shared.backends.local.supervisor", str(run.path)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # survives our exit and our process group's signals
+                env=procs.child_env({}),
+                cwd=run.path,
+            )
+        (run.path / "supervisor.pid").write_text(str(proc.pid))
+        self._children[proc.pid] = proc  # reaped in _supervisor_alive, so no zombie lingers
+
+    def find(self, key: str, kind: Kind | None = None) -> Handle | None:
+        attempts = self.store.attempts(key)
+        return self.store.run(attempts[-1]).handle() if attempts else None
+
+    def get(self, id: str) -> Handle:
+        run = self.store.run(id)
+        if not run.exists():
+            raise NotFound(f"no local run {id!r} under {self.store.runs}")
+        return run.handle()
+
+    def list(self) -> Sequence[Handle]:
+        return [run.handle() for run in self.store.all_runs()]
+
+    # ------------------------------------------------------------------ status
+
+    def _supervisor_alive(self, run: RunDir) -> bool:
+        pid = run.supervisor_pid()
+        if pid is None:
+            return False
+        child = self._children.get(pid)
+        if child is not None and child.poll() is not None:
+            self._children.pop(pid, None)
+            return False
+        return procs.pid_alive(pid)
+
+    def status(self, handle: Handle) -> Status:
+        run = self._run(handle)
+        status = run.status()
+        if status.terminal or self._supervisor_alive(run):
+            return status
+        # The supervisor may have written its last status just before exiting: read once more.
+        status = run.status()
+        if status.terminal:
+            return status
+        procs.kill_registered(run.registry)
+        lost = Status(State.FAILED, raw_state="Lost", message="the local supervisor process died", outputs=status.outputs)
+        run.write_status(lost)
+        return lost
+
+    def _run(self, handle: Handle) -> RunDir:
+        run = self.store.run(handle.id)
+        if not run.exists():
+            raise NotFound(f"no local run {handle.id!r} under {self.store.runs}")
+        return run
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel(self, handle: Handle) -> Status:
+        run = self._run(handle)
+        status = self.status(handle)
+        if status.terminal:
+            return status
+        run.cancel_marker.touch()
+        pid = run.supervisor_pid()
+        if pid is not None and self._supervisor_alive(run):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + CANCEL_GRACE
+            while time.monotonic() < deadline and self._supervisor_alive(run):
+                time.sleep(0.05)
+            if self._supervisor_alive(run):
+                procs.kill_group(pid, grace=0)
+        procs.kill_registered(run.registry, grace=0.5)
+        status = run.status()
+        if not status.terminal:
+            status = Status(State.CANCELLED, raw_state="Cancelled", message="cancelled", outputs=status.outputs)
+            run.write_status(status)
+        return status
+
+    # ------------------------------------------------------------------ logs and watch
+
+    def logs(self, handle: Handle, follow: bool = False) -> Iterator[str]:
+        run = self._run(handle)
+        with open(run.log_path, errors="replace") as fh:
+            pending = ""
+            while True:
+                chunk = fh.readline()
+                if chunk:
+                    pending += chunk
+                    if pending.endswith("\n"):
+                        yield pending.rstrip("\n")
+                        pending = ""
+                    continue
+                if not follow or self.status(handle).terminal:
+                    # One last read: lines written between our read and the terminal status.
+                    rest = pending + fh.read()
+                    yield from (line for line in rest.splitlines())
+                    return
+                time.sleep(self.poll_interval)
+
+    async def watch(self, handles: Sequence[Handle]) -> AsyncIterator[tuple[Handle, Status]]:
+        last: dict[str, Status] = {}
+        remaining = list(handles)
+        while remaining:
+            for handle in list(remaining):
+                status = self.status(handle)
+                if last.get(handle.id) != status:
+                    last[handle.id] = status
+                    yield handle, status
+                if status.terminal:
+                    remaining.remove(handle)
+            if remaining:
+                await asyncio.sleep(self.poll_interval)

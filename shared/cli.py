@@ -1,0 +1,249 @@
+"""`kubeflow-tasks`: run Kubeflow work from a shell, a DolphinScheduler Shell task or a cron line.
+
+Progress for people goes to stderr; results go to stdout (`--output json` for machines).
+Exit codes: 0 the work succeeded, 1 it failed, was cancelled or timed out, 2 bad input.
+SIGTERM or SIGINT while waiting cancels the remote work before exiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from shared.errors import DeadlineExceeded, KubeflowTasksError, NotFound, SpecError
+from shared.status import Handle, Kind, State, Status
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit code 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 too, but with a usage dump; keep one line
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="kubeflow-tasks", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def backend_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--backend", default="local", help="where the work runs: local (default) or kubernetes")
+
+    def target_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run_id", nargs="?", help="the run id printed by `run`")
+        p.add_argument("--key", help="find the newest attempt submitted under this key instead")
+        backend_args(p)
+
+    run = sub.add_parser("run", help="submit (or adopt) work and wait for it")
+    run.add_argument("kind", choices=[k.value for k in Kind])
+    run.add_argument("--spec", required=True, help="YAML/JSON file: a manifest (PyTorchJob, TFJob, Experiment) or a PipelineRun")
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="pipeline parameter, or ${params.NAME} in a manifest; repeatable")
+    run.add_argument("--timeout", help="deadline such as 30m or 2h; when it passes the work is cancelled")
+    run.add_argument("--key", help="idempotency key: a second run with the same key adopts the first")
+    run.add_argument("--mlflow-tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none means no MLflow)")
+    run.add_argument("--detach", action="store_true", help="return once submitted, without waiting")
+    run.add_argument("--output", choices=["text", "json"], default="text")
+    run.add_argument("--quiet", action="store_true", help="no progress or log lines on stderr")
+    backend_args(run)
+
+    status = sub.add_parser("status", help="show the state of a run")
+    target_args(status)
+    status.add_argument("--output", choices=["text", "json"], default="text")
+
+    logs = sub.add_parser("logs", help="print the log of a run")
+    target_args(logs)
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
+
+    cancel = sub.add_parser("cancel", help="cancel a run and everything it started")
+    target_args(cancel)
+    cancel.add_argument("--output", choices=["text", "json"], default="text")
+
+    lst = sub.add_parser("list", help="list runs")
+    backend_args(lst)
+    lst.add_argument("--output", choices=["text", "json"], default="text")
+    return parser
+
+
+def parse_params(items: Sequence[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SpecError("--param", f"expected NAME=VALUE, got {item!r}")
+        params[name.strip()] = value
+    return params
+
+
+def say(message: str) -> None:
+    print(f"kubeflow-tasks: {message}", file=sys.stderr, flush=True)
+
+
+def emit(data: dict[str, Any], output: str) -> None:
+    if output == "json":
+        print(json.dumps(data, default=str), flush=True)
+        return
+    for name, value in data.items():
+        if value in (None, "", {}, []):
+            continue
+        text = json.dumps(value, default=str) if isinstance(value, dict | list) else value
+        print(f"{name}: {text}", flush=True)
+
+
+def backend_from(args: argparse.Namespace):
+    from shared.backends import get_backend
+
+    return get_backend(args.backend)
+
+
+def resolve_target(backend, args: argparse.Namespace) -> Handle:
+    if bool(args.run_id) == bool(args.key):
+        raise SpecError("run_id", "give either a run id or --key KEY")
+    if args.key:
+        handle = backend.find(args.key)
+        if handle is None:
+            raise NotFound(f"nothing was submitted under key {args.key!r}")
+        return handle
+    return backend.get(args.run_id)
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from shared.backends import get_backend
+    from shared.durations import parse_duration
+    from shared.operations import new_key
+    from shared.specs import load_spec
+
+    params = parse_params(args.param)
+    timeout = parse_duration(args.timeout, "--timeout") if args.timeout else None
+    spec = load_spec(args.spec, kind=args.kind, params=params)
+    backend = get_backend(args.backend)
+    return asyncio.run(_run(args, backend, spec, args.key or new_key(), timeout))
+
+
+async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float | None) -> int:
+    from shared.operations import Outcome, finish, submit_or_adopt, wait_for
+
+    cancel_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, cancel_requested.set)
+    deadline = None if timeout is None else time.time() + timeout
+    progress = (lambda _m: None) if args.quiet else say
+
+    submission = await asyncio.to_thread(
+        submit_or_adopt, backend, spec, key, mlflow_tracking_uri=args.mlflow_tracking_uri
+    )
+    handle = submission.handle
+    verb = "adopted" if submission.adopted else "submitted"
+    progress(f"{verb} {handle.resource} {spec.name} as {handle.id} (attempt {handle.attempt}, key {key})")
+    if submission.mlflow_run_id:
+        progress(f"MLflow run {submission.mlflow_run_id}")
+    if args.detach:
+        status = await asyncio.to_thread(backend.status, handle)
+        emit(Outcome(submission, status).to_dict(), args.output)
+        return EXIT_OK
+
+    follower = None if args.quiet else _follow_logs(backend, handle)
+
+    def on_status(status: Status) -> None:
+        progress(f"{handle.id}: {status.state.value}" + (f" ({status.raw_state})" if status.raw_state else ""))
+
+    timed_out = False
+    try:
+        status = await wait_for(
+            backend, handle, deadline=deadline, cancel_requested=cancel_requested, on_status=on_status
+        )
+    except DeadlineExceeded as exc:
+        timed_out = True
+        status = exc.status if isinstance(exc.status, Status) else backend.status(handle)
+        progress(str(exc))
+    if follower is not None:
+        follower.join(timeout=2)
+    await asyncio.to_thread(finish, submission, status)
+    if cancel_requested.is_set():
+        progress(f"cancelled {handle.id} on signal")
+    if status.message and status.state is not State.SUCCEEDED:
+        progress(status.message)
+    emit(Outcome(submission, status, timed_out=timed_out).to_dict(), args.output)
+    return EXIT_OK if status.state is State.SUCCEEDED and not timed_out else EXIT_FAILED
+
+
+def _follow_logs(backend, handle: Handle) -> threading.Thread:
+    def pump() -> None:
+        try:
+            for line in backend.logs(handle, follow=True):
+                print(line, file=sys.stderr, flush=True)
+        except KubeflowTasksError as exc:
+            say(f"log stream ended: {exc}")
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
+# ---------------------------------------------------------------------------- the other commands
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    backend = backend_from(args)
+    handle = resolve_target(backend, args)
+    emit({**handle.to_dict(), **backend.status(handle).to_dict()}, args.output)
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    backend = backend_from(args)
+    handle = resolve_target(backend, args)
+    for line in backend.logs(handle, follow=args.follow):
+        print(line, flush=True)
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    backend = backend_from(args)
+    handle = resolve_target(backend, args)
+    emit({**handle.to_dict(), **backend.cancel(handle).to_dict()}, args.output)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    backend = backend_from(args)
+    rows = [{**h.to_dict(), "state": backend.status(h).state.value} for h in backend.list()]
+    if args.output == "json":
+        print(json.dumps(rows), flush=True)
+    else:
+        for row in rows:
+            print(f"{row['id']}\t{row['resource']}\t{row['state']}\t{row['key']}", flush=True)
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel, "list": cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UsageError, SpecError, NotFound) as exc:
+        say(f"error: {exc}")
+        return EXIT_USAGE
+    except KubeflowTasksError as exc:
+        say(f"error: {exc}")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
