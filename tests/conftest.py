@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.mlflow_server"]
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path(os.environ.get("KUBEFLOW_TASKS_REFERENCE_DIR", REPO.parent / "shared"))
 

@@ -1,0 +1,118 @@
+"""Specs: what to run, parsed once from a file, a mapping or Python arguments, and validated here.
+
+`load_spec` accepts the upstream manifests as users already write them (PyTorchJob/TFJob,
+Katib Experiment), our `PipelineRun` document, and a compiled KFP pipeline YAML. Only PyYAML is
+imported, so schedulers can import this cheaply.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from shared.errors import SpecError
+from shared.specs import common
+from shared.specs.experiment import parse_experiment
+from shared.specs.model import (
+    AlgorithmSpec,
+    ContainerSpec,
+    ExperimentSpec,
+    ObjectiveSpec,
+    ParameterSpec,
+    PipelineRunSpec,
+    ReplicaSpec,
+    RunPolicy,
+    Spec,
+    TrainingJobSpec,
+    TrialParameterSpec,
+    TrialTemplateSpec,
+)
+from shared.specs.pipeline import is_compiled_pipeline, parse_pipeline_run
+from shared.specs.training import FRAMEWORKS, parse_training_job
+from shared.status import Kind
+
+__all__ = [
+    "AlgorithmSpec",
+    "ContainerSpec",
+    "ExperimentSpec",
+    "Kind",
+    "ObjectiveSpec",
+    "ParameterSpec",
+    "PipelineRunSpec",
+    "ReplicaSpec",
+    "RunPolicy",
+    "Spec",
+    "SpecError",
+    "TrainingJobSpec",
+    "TrialParameterSpec",
+    "TrialTemplateSpec",
+    "infer_kind",
+    "load_spec",
+    "parse_experiment",
+    "parse_pipeline_run",
+    "parse_training_job",
+]
+
+_EXPECTED = {
+    Kind.TRAINING_JOB: "a PyTorchJob or TFJob manifest",
+    Kind.EXPERIMENT: "a Katib Experiment manifest",
+    Kind.PIPELINE: "a PipelineRun document or a compiled KFP pipeline",
+}
+
+
+def infer_kind(manifest: Mapping[str, Any]) -> Kind:
+    """Which of the three kinds a manifest describes, from its `kind` (or KFP's compiled layout)."""
+    if is_compiled_pipeline(manifest):
+        return Kind.PIPELINE
+    found = manifest.get("kind")
+    if found in FRAMEWORKS:
+        return Kind.TRAINING_JOB
+    if found == "Experiment":
+        return Kind.EXPERIMENT
+    if found == "PipelineRun":
+        return Kind.PIPELINE
+    raise SpecError(
+        "kind",
+        f"expected PyTorchJob, TFJob, Experiment, PipelineRun or a compiled KFP pipeline, got {found!r}",
+    )
+
+
+def load_spec(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    kind: Kind | str | None = None,
+    params: Mapping[str, str] | None = None,
+    base_dir: str | None = None,
+) -> Spec:
+    """Parse and validate a spec file (YAML or JSON) or mapping.
+
+    `kind` (a Kind or the CLI word) makes a manifest of another kind an error instead of a surprise;
+    `params` fill `${params.NAME}` in experiments and training jobs, and override a pipeline
+    run's parameters. Relative paths resolve against `base_dir`: the file's folder by default.
+    """
+    path = None
+    if isinstance(source, Mapping):
+        manifest = dict(source)
+    else:
+        path = os.fspath(source)
+        manifest = common.load_document(path)
+        base_dir = base_dir or os.path.dirname(os.path.abspath(path))
+    found = infer_kind(manifest)
+    if kind is not None:
+        try:
+            wanted = Kind(kind)
+        except ValueError:
+            raise SpecError(
+                "kind", f"expected one of {', '.join(k.value for k in Kind)}, got {kind!r}"
+            ) from None
+        if wanted is not found:
+            shown = (
+                "a compiled KFP pipeline" if is_compiled_pipeline(manifest) else repr(manifest.get("kind"))
+            )
+            raise SpecError("kind", f"expected {_EXPECTED[wanted]} for {wanted.value!r}, got {shown}")
+    if found is Kind.TRAINING_JOB:
+        return parse_training_job(manifest, base_dir, params=params)
+    if found is Kind.EXPERIMENT:
+        return parse_experiment(manifest, base_dir, params=params)
+    return parse_pipeline_run(manifest, base_dir, params=params, source=path)

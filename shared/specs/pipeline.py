@@ -1,0 +1,116 @@
+"""KFP pipeline runs: our `PipelineRun` document, or a compiled KFP pipeline YAML given directly.
+
+The pipeline itself is not imported or compiled here (that needs kfp); a `module:function`
+reference is checked for syntax only, a file reference must exist.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from shared.errors import SpecError
+from shared.specs import common as c
+from shared.specs.model import PipelineRunSpec
+
+API_VERSION = "kubeflow-tasks/v1"
+_SPEC_FIELDS = ("pipeline", "parameters", "experiment", "enableCaching", "serviceAccount", "pipelineRoot")
+_FUNCTION_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def is_compiled_pipeline(doc: Mapping[str, Any]) -> bool:
+    """A compiled KFP PipelineSpec (what `kfp.compiler` writes) has these two top-level keys."""
+    return "pipelineInfo" in doc and "root" in doc
+
+
+def parse_pipeline_run(
+    manifest: Mapping[str, Any],
+    base_dir: str | None = None,
+    *,
+    params: Mapping[str, str] | None = None,
+    source: str | None = None,
+) -> PipelineRunSpec:
+    """A PipelineRun document (or a compiled pipeline read from the file `source`) -> PipelineRunSpec.
+
+    `params` (CLI strings) override `spec.parameters`; they stay strings, the runner coerces them
+    to the pipeline's declared input types.
+    """
+    base = c.resolve_base_dir(base_dir)
+    if is_compiled_pipeline(manifest):
+        return _compiled(manifest, base, params, source)
+    doc = copy.deepcopy(dict(manifest))
+    c.header(doc, API_VERSION, ("PipelineRun",))
+    name, namespace = c.metadata(doc)
+    spec = c.mapping(doc, "spec", "", required=True)
+    assert spec is not None
+    c.reject_unknown(spec, _SPEC_FIELDS, "spec", "a PipelineRun spec")
+    pipeline = _pipeline_ref(c.string(spec, "pipeline", "spec", required=True), base)
+    parameters = {**(c.mapping(spec, "parameters", "spec") or {}), **dict(params or {})}
+    if not _FUNCTION_RE.fullmatch(pipeline):
+        _check_inputs(c.load_document(pipeline), parameters, "spec.parameters")
+    enable_caching = spec.get("enableCaching")
+    if enable_caching is not None:
+        enable_caching = c.boolean(spec, "enableCaching", "spec")
+    doc["spec"] = {**spec, "pipeline": pipeline, "parameters": parameters}
+    return PipelineRunSpec(
+        name=name,
+        pipeline=pipeline,
+        base_dir=base,
+        parameters=parameters,
+        experiment=c.string(spec, "experiment", "spec") or None,
+        namespace=namespace,
+        enable_caching=enable_caching,
+        service_account=c.string(spec, "serviceAccount", "spec") or None,
+        pipeline_root=c.string(spec, "pipelineRoot", "spec") or None,
+        manifest=doc,
+    )
+
+
+def _compiled(
+    doc: Mapping[str, Any], base: str, params: Mapping[str, str] | None, source: str | None
+) -> PipelineRunSpec:
+    if source is None:
+        raise SpecError("pipelineInfo", "a compiled pipeline must be given as a file path, not as a mapping")
+    info = c.mapping(doc, "pipelineInfo", "", required=True)
+    name = c.string(info, "name", "pipelineInfo", required=True)
+    path = os.path.abspath(source)
+    parameters = dict(params or {})
+    _check_inputs(doc, parameters, "params")
+    manifest = {
+        "apiVersion": API_VERSION,
+        "kind": "PipelineRun",
+        "metadata": {"name": name},
+        "spec": {"pipeline": path, "parameters": parameters},
+    }
+    return PipelineRunSpec(name=name, pipeline=path, base_dir=base, parameters=parameters, manifest=manifest)
+
+
+def _check_inputs(compiled: Mapping[str, Any], parameters: Mapping[str, Any], path: str) -> None:
+    """Names the compiled pipeline does not declare would only fail later, inside KFP."""
+    if not is_compiled_pipeline(compiled):
+        raise SpecError("spec.pipeline", "the file is not a compiled KFP pipeline (no pipelineInfo and root)")
+    root = compiled.get("root") or {}
+    declared = set((root.get("inputDefinitions") or {}).get("parameters") or {})
+    for name in parameters:
+        if name not in declared:
+            where = path if path == "params" else c.join(path, str(name))
+            raise SpecError(
+                where, f"unknown pipeline parameter {name!r} (the pipeline takes: {c.names(declared)})"
+            )
+
+
+def _pipeline_ref(value: str, base: str) -> str:
+    """`package.module:function` as is; anything else is a file, made absolute against base_dir."""
+    if ":" in value and not os.path.isabs(value) and not value.endswith((".yaml", ".yml", ".json")):
+        if not _FUNCTION_RE.fullmatch(value):
+            raise SpecError(
+                "spec.pipeline", f"{value!r} is not 'package.module:function' nor a pipeline file"
+            )
+        return value
+    path = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+    if not os.path.isfile(path):
+        raise SpecError("spec.pipeline", f"pipeline file {value!r} not found (looked in {base})")
+    return path
