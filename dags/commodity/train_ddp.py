@@ -1,0 +1,149 @@
+"""Distributed training of the commodity price model: one process per PyTorchJob replica.
+
+Runs unchanged on a cluster and on the local backend: the process group is initialised from the
+variables the training operator injects (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK) with the gloo
+backend on CPU. Started without them (plain `python train_ddp.py ...`), it trains as a world of one.
+
+Model: the next day's price from the last 7 prices (normalised), a small MLP trained with
+DistributedDataParallel, each rank on its shard of the training windows (DistributedSampler); the
+last 20% of the windows are held out. `--num-estimators` is the number of epochs: the pipeline and
+the Katib experiment share one parameter name across models, and for this network "how many
+rounds of fitting" is the epoch count.
+
+Output (rank 0): `epoch=<n> loss=<v>` per epoch and `val_rmse=<v>` at the end (Katib's name=value
+metrics format). With MLFLOW_TRACKING_URI and MLFLOW_RUN_ID set, rank 0 logs params and metrics to
+that run and leaves it open (whoever created it ends it). With --output-dir, rank 0 saves the
+model's state_dict there as model.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+WINDOW = 7
+VALIDATION_FRACTION = 0.2
+BATCH_SIZE = 32
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="CSV with header day,price")
+    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--num-estimators", type=int, default=20, help="number of epochs")
+    parser.add_argument("--output-dir", help="where rank 0 saves model.pt")
+    return parser.parse_args()
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the job's process group; alone, become a world of one on a free local port."""
+    if "WORLD_SIZE" not in os.environ:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="1", RANK="0")
+    dist.init_process_group("gloo", init_method="env://")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def load_windows(path: str) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """(features, targets, mean, std): every 7-day window of normalised prices and the day after."""
+    with open(path, newline="") as handle:
+        prices = [float(row["price"]) for row in csv.DictReader(handle)]
+    if len(prices) <= WINDOW + 1:
+        raise SystemExit(f"{path}: need more than {WINDOW + 1} prices, got {len(prices)}")
+    series = torch.tensor(prices, dtype=torch.float32)
+    mean, std = series.mean().item(), series.std().item() or 1.0
+    series = (series - mean) / std
+    features = series.unfold(0, WINDOW, 1)[:-1]
+    targets = series[WINDOW:].unsqueeze(1)
+    return features, targets, mean, std
+
+
+def main() -> None:
+    args = parse_args()
+    rank, world = init_distributed()
+    torch.manual_seed(0)
+
+    features, targets, mean, std = load_windows(args.data)
+    split = int(len(features) * (1 - VALIDATION_FRACTION))
+    train = TensorDataset(features[:split], targets[:split])
+    sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=0)
+    loader = DataLoader(train, batch_size=BATCH_SIZE, sampler=sampler)
+
+    model = DistributedDataParallel(nn.Sequential(nn.Linear(WINDOW, 32), nn.ReLU(), nn.Linear(32, 1)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    loss_fn = nn.MSELoss()
+    tracker = MlflowLog() if rank == 0 else None
+    if tracker:
+        tracker.params(
+            {"learning_rate": args.learning_rate, "num_estimators": args.num_estimators, "world_size": world}
+        )
+
+    for epoch in range(1, args.num_estimators + 1):
+        sampler.set_epoch(epoch)
+        total = torch.zeros(2)  # summed loss, sample count on this rank
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total += torch.tensor([loss.item() * len(x), len(x)])
+        dist.all_reduce(total)
+        epoch_loss = (total[0] / total[1]).item()
+        if rank == 0:
+            print(f"epoch={epoch} loss={epoch_loss:.6f}", flush=True)
+            if tracker:
+                tracker.metric("train_loss", epoch_loss, epoch)
+
+    if rank == 0:
+        with torch.no_grad():
+            predicted = model.module(features[split:]) * std + mean
+            actual = targets[split:] * std + mean
+            val_rmse = math.sqrt(torch.mean((predicted - actual) ** 2).item())
+        print(f"val_rmse={val_rmse:.6f}", flush=True)
+        if tracker:
+            tracker.metric("val_rmse", val_rmse, args.num_estimators)
+        if args.output_dir:
+            out = Path(args.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(model.module.state_dict(), out / "model.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+class MlflowLog:
+    """Logs into the run named by MLFLOW_RUN_ID, if MLflow is configured; never ends the run."""
+
+    def __init__(self) -> None:
+        self.run_id = os.environ.get("MLFLOW_RUN_ID")
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        self.client = None
+        if self.run_id and uri:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=uri)
+
+    def __bool__(self) -> bool:
+        return self.client is not None
+
+    def params(self, values: dict[str, object]) -> None:
+        for key, value in values.items():
+            self.client.log_param(self.run_id, key, value)
+
+    def metric(self, key: str, value: float, step: int) -> None:
+        self.client.log_metric(self.run_id, key, value, step=step)
+
+
+if __name__ == "__main__":
+    main()
