@@ -12,13 +12,11 @@ import asyncio
 import json
 import signal
 import sys
-import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from shared.errors import DeadlineExceeded, KubeflowTasksError, NotFound, SpecError
-from shared.status import Handle, Kind, State, Status
+from shared.errors import KubeflowTasksError, NotFound, SpecError
+from shared.status import Handle, Kind, State
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -134,64 +132,48 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float | None) -> int:
-    from shared.operations import Outcome, finish, submit_or_adopt, wait_for
+    from shared.operations import Outcome, run_async, submit_or_adopt
+
+    progress = (lambda _m: None) if args.quiet else say
+    if args.detach:
+        submission = await asyncio.to_thread(
+            submit_or_adopt, backend, spec, key, mlflow_tracking_uri=args.mlflow_tracking_uri
+        )
+        _announce(submission, progress)
+        status = await asyncio.to_thread(backend.status, submission.handle)
+        emit(Outcome(submission, status).to_dict(), args.output)
+        return EXIT_OK
 
     cancel_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, cancel_requested.set)
-    deadline = None if timeout is None else time.time() + timeout
-    progress = (lambda _m: None) if args.quiet else say
-
-    submission = await asyncio.to_thread(
-        submit_or_adopt, backend, spec, key, mlflow_tracking_uri=args.mlflow_tracking_uri
+    outcome = await run_async(
+        backend,
+        spec,
+        key,
+        mlflow_tracking_uri=args.mlflow_tracking_uri,
+        timeout=timeout,
+        cancel_requested=cancel_requested,
+        on_submitted=lambda s: _announce(s, progress),
+        on_status=lambda st: progress(f"{st.state.value}" + (f" ({st.raw_state})" if st.raw_state else "")),
+        on_log=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
     )
-    handle = submission.handle
-    verb = "adopted" if submission.adopted else "submitted"
-    progress(f"{verb} {handle.resource} {spec.name} as {handle.id} (attempt {handle.attempt}, key {key})")
-    if submission.mlflow_run_id:
-        progress(f"MLflow run {submission.mlflow_run_id}")
-    if args.detach:
-        status = await asyncio.to_thread(backend.status, handle)
-        emit(Outcome(submission, status).to_dict(), args.output)
-        return EXIT_OK
-
-    follower = None if args.quiet else _follow_logs(backend, handle)
-
-    def on_status(status: Status) -> None:
-        progress(f"{handle.id}: {status.state.value}" + (f" ({status.raw_state})" if status.raw_state else ""))
-
-    timed_out = False
-    try:
-        status = await wait_for(
-            backend, handle, deadline=deadline, cancel_requested=cancel_requested, on_status=on_status
-        )
-    except DeadlineExceeded as exc:
-        timed_out = True
-        status = exc.status if isinstance(exc.status, Status) else backend.status(handle)
-        progress(str(exc))
-    if follower is not None:
-        follower.join(timeout=2)
-    await asyncio.to_thread(finish, submission, status)
+    status = outcome.status
     if cancel_requested.is_set():
-        progress(f"cancelled {handle.id} on signal")
+        progress("cancelled on signal")
     if status.message and status.state is not State.SUCCEEDED:
         progress(status.message)
-    emit(Outcome(submission, status, timed_out=timed_out).to_dict(), args.output)
-    return EXIT_OK if status.state is State.SUCCEEDED and not timed_out else EXIT_FAILED
+    emit(outcome.to_dict(), args.output)
+    return EXIT_OK if status.state is State.SUCCEEDED and not outcome.timed_out else EXIT_FAILED
 
 
-def _follow_logs(backend, handle: Handle) -> threading.Thread:
-    def pump() -> None:
-        try:
-            for line in backend.logs(handle, follow=True):
-                print(line, file=sys.stderr, flush=True)
-        except KubeflowTasksError as exc:
-            say(f"log stream ended: {exc}")
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    return thread
+def _announce(submission, progress) -> None:
+    handle = submission.handle
+    verb = "adopted" if submission.adopted else "submitted"
+    progress(f"{verb} {handle.resource} {handle.name} as {handle.id} (attempt {handle.attempt}, key {handle.key})")
+    if submission.mlflow_run_id:
+        progress(f"MLflow run {submission.mlflow_run_id}")
 
 
 # ---------------------------------------------------------------------------- the other commands

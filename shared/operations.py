@@ -10,6 +10,7 @@ and ended with the remote outcome.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -52,11 +53,13 @@ def submit_or_adopt(
     mlflow_tracking_uri: str | None = None,
     labels: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
+    upstream_mlflow_run_id: str | None = None,
 ) -> Submission:
     """Adopt what runs or succeeded under `key`; otherwise submit a new attempt.
 
     The MLflow run is opened (or adopted, by key and attempt) before anything is submitted, so the
-    work gets the hand-off variables from its first line on.
+    work gets the hand-off variables from its first line on. `upstream_mlflow_run_id` (the previous
+    task's run) is recorded on it, so a workflow's runs form one lineage.
     """
     from shared.mlflow_handoff import open_parent_run, resolve_tracking_uri, set_remote_tags
 
@@ -72,7 +75,10 @@ def submit_or_adopt(
     uri = resolve_tracking_uri(mlflow_tracking_uri)
     parent = None
     if uri:
-        parent = open_parent_run(uri, key=key, attempt=attempt, run_name=spec.name, tags=labels)
+        tags = dict(labels)
+        if upstream_mlflow_run_id:
+            tags["kubeflow_tasks.upstream_run_id"] = upstream_mlflow_run_id
+        parent = open_parent_run(uri, key=key, attempt=attempt, run_name=spec.name, tags=tags)
 
     if adopt:
         handle = existing
@@ -167,3 +173,59 @@ class Outcome:
             "mlflow_run_id": self.submission.mlflow_run_id,
             "timed_out": self.timed_out,
         }
+
+
+async def run_async(
+    backend: Backend,
+    spec: Spec,
+    key: str,
+    *,
+    mlflow_tracking_uri: str | None = None,
+    upstream_mlflow_run_id: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    cancel_requested: asyncio.Event | None = None,
+    on_submitted: Callable[[Submission], None] | None = None,
+    on_status: Callable[[Status], None] | None = None,
+    on_log: Callable[[str], None] | None = None,
+) -> Outcome:
+    """Submit or adopt, follow the logs, wait with the deadline, end the MLflow run: one task's life."""
+    deadline = None if timeout is None else time.time() + timeout
+    submission = await asyncio.to_thread(
+        submit_or_adopt,
+        backend,
+        spec,
+        key,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+        labels=labels,
+        upstream_mlflow_run_id=upstream_mlflow_run_id,
+    )
+    if on_submitted is not None:
+        on_submitted(submission)
+    follower = None
+    if on_log is not None:
+        follower = threading.Thread(target=_pump_logs, args=(backend, submission.handle, on_log), daemon=True)
+        follower.start()
+    timed_out = False
+    try:
+        status = await wait_for(
+            backend, submission.handle, deadline=deadline, cancel_requested=cancel_requested, on_status=on_status
+        )
+    except DeadlineExceeded as exc:
+        timed_out = True
+        status = exc.status if isinstance(exc.status, Status) else backend.status(submission.handle)
+        status = Status(status.state, status.raw_state, str(exc), status.outputs)
+    if follower is not None:
+        await asyncio.to_thread(follower.join, 5)
+    await asyncio.to_thread(finish, submission, status)
+    return Outcome(submission, status, timed_out=timed_out)
+
+
+def _pump_logs(backend: Backend, handle: Handle, on_log: Callable[[str], None]) -> None:
+    from shared.errors import KubeflowTasksError
+
+    try:
+        for line in backend.logs(handle, follow=True):
+            on_log(line)
+    except KubeflowTasksError as exc:
+        on_log(f"(log stream ended: {exc})")

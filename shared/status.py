@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
@@ -20,7 +20,7 @@ class State(str, enum.Enum):
         return self in (State.SUCCEEDED, State.FAILED, State.CANCELLED)
 
 
-class Kind(str, enum.Enum):
+class Kind(enum.StrEnum):
     """The three kinds of work; the value is what the CLI calls it."""
 
     PIPELINE = "pipeline"

@@ -63,11 +63,15 @@ class LocalBackend:
                 resource=_resource(spec),
             )
             run.create(handle, spec, context)
-            self._start_supervisor(run)
+            self._start_supervisor(run, spec)
             self.store.record_attempt(key, run.id)
             return handle
 
-    def _start_supervisor(self, run: RunDir) -> None:
+    def _start_supervisor(self, run: RunDir, spec: Spec) -> None:
+        extra = {}
+        if spec.kind is Kind.PIPELINE:
+            # `module:function` imports as it would from where the user typed the command.
+            extra["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
         with open(run.path / "supervisor.log", "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "shared.backends.local.supervisor", str(run.path)],
@@ -75,7 +79,7 @@ class LocalBackend:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives our exit and our process group's signals
-                env=procs.child_env({}),
+                env=procs.child_env(extra),
                 cwd=run.path,
             )
         (run.path / "supervisor.pid").write_text(str(proc.pid))
