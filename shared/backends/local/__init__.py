@@ -37,6 +37,12 @@ def run_id_for(name: str, key: str, attempt: int) -> str:
     return f"{slug}-{key_digest(key)[:8]}-{attempt}"
 
 
+def _kill_children(run: RunDir, grace: float = 2.0) -> None:
+    """Kill every process group the run recorded, its trials' replicas included (`**/procs`)."""
+    for registry in run.path.rglob("procs"):
+        procs.kill_registered(registry, grace)
+
+
 class LocalBackend:
     name = "local"
 
@@ -119,7 +125,7 @@ class LocalBackend:
         status = run.status()
         if status.terminal:
             return status
-        procs.kill_registered(run.registry)
+        _kill_children(run)
         lost = Status(State.FAILED, raw_state="Lost", message="the local supervisor process died", outputs=status.outputs)
         run.write_status(lost)
         return lost
@@ -146,7 +152,7 @@ class LocalBackend:
                 time.sleep(0.05)
             if self._supervisor_alive(run):
                 procs.kill_group(pid, grace=0)
-        procs.kill_registered(run.registry, grace=0.5)
+        _kill_children(run, grace=0.5)
         status = run.status()
         if not status.terminal:
             status = Status(State.CANCELLED, raw_state="Cancelled", message="cancelled", outputs=status.outputs)
