@@ -19,6 +19,14 @@ from shared.errors import KubeflowTasksError, NotFound, SpecError
 from shared.status import Handle, Kind, State
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+OUTPUTS = ["text", "json", "setvalue"]
+KUBERNETES_OPTIONS = {
+    "--kubeconfig": "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)",
+    "--context": "kubeconfig context",
+    "--namespace": "namespace of the work",
+    "--kfp-host": "KFP API endpoint (default: $KF_PIPELINES_ENDPOINT)",
+    "--kfp-token-file": "file holding the KFP bearer token (re-read on 401)",
+}
 
 
 class UsageError(Exception):
@@ -36,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def backend_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--backend", default="local", help="where the work runs: local (default) or kubernetes")
+        cluster = p.add_argument_group("kubernetes backend (kubectl and kfp conventions: $KUBECONFIG, $KF_PIPELINES_ENDPOINT)")
+        for option, text in KUBERNETES_OPTIONS.items():
+            cluster.add_argument(option, help=text)
 
     def target_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("run_id", nargs="?", help="the run id printed by `run`")
@@ -51,13 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--key", help="idempotency key: a second run with the same key adopts the first")
     run.add_argument("--mlflow-tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none means no MLflow)")
     run.add_argument("--detach", action="store_true", help="return once submitted, without waiting")
-    run.add_argument("--output", choices=["text", "json"], default="text")
+    run.add_argument("--output", choices=OUTPUTS, default="text")
     run.add_argument("--quiet", action="store_true", help="no progress or log lines on stderr")
     backend_args(run)
 
     status = sub.add_parser("status", help="show the state of a run")
     target_args(status)
-    status.add_argument("--output", choices=["text", "json"], default="text")
+    status.add_argument("--output", choices=OUTPUTS, default="text")
 
     logs = sub.add_parser("logs", help="print the log of a run")
     target_args(logs)
@@ -65,11 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     cancel = sub.add_parser("cancel", help="cancel a run and everything it started")
     target_args(cancel)
-    cancel.add_argument("--output", choices=["text", "json"], default="text")
+    cancel.add_argument("--output", choices=OUTPUTS, default="text")
 
     lst = sub.add_parser("list", help="list runs")
     backend_args(lst)
-    lst.add_argument("--output", choices=["text", "json"], default="text")
+    lst.add_argument("--output", choices=OUTPUTS, default="text")
     return parser
 
 
@@ -88,6 +99,12 @@ def say(message: str) -> None:
 
 
 def emit(data: dict[str, Any], output: str) -> None:
+    if output == "setvalue":
+        from shared.setvalue import setvalue_lines
+
+        for line in setvalue_lines(data):
+            print(line, flush=True)
+        return
     if output == "json":
         print(json.dumps(data, default=str), flush=True)
         return
@@ -99,9 +116,18 @@ def emit(data: dict[str, Any], output: str) -> None:
 
 
 def backend_from(args: argparse.Namespace):
+    """The backend named by --backend, with the cluster options when it is kubernetes."""
     from shared.backends import get_backend
 
-    return get_backend(args.backend)
+    options = {}
+    for option in KUBERNETES_OPTIONS:
+        value = getattr(args, option[2:].replace("-", "_"), None)
+        if value is None:
+            continue
+        if args.backend != "kubernetes":
+            raise SpecError(option, "only applies with --backend kubernetes")
+        options[option[2:].replace("-", "_")] = value
+    return get_backend(args.backend, **options)
 
 
 def resolve_target(backend, args: argparse.Namespace) -> Handle:
@@ -119,7 +145,6 @@ def resolve_target(backend, args: argparse.Namespace) -> Handle:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shared.backends import get_backend
     from shared.durations import parse_duration
     from shared.operations import new_key
     from shared.specs import load_spec
@@ -127,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     timeout = parse_duration(args.timeout, "--timeout") if args.timeout else None
     spec = load_spec(args.spec, kind=args.kind, params=params)
-    backend = get_backend(args.backend)
+    backend = backend_from(args)
     return asyncio.run(_run(args, backend, spec, args.key or new_key(), timeout))
 
 
