@@ -84,7 +84,7 @@ def first_line(repeat: int) -> list[float]:
     return delays
 
 
-def experiment_overhead(parallel: int, trials: int) -> float:
+def experiment_seconds(parallel: int, trials: int) -> float:
     with tempfile.TemporaryDirectory() as root:
         backend = LocalBackend(state_dir=root)
         spec = load_spec(experiment(f"overhead-p{parallel}", parallel, trials))
@@ -94,7 +94,7 @@ def experiment_overhead(parallel: int, trials: int) -> float:
         elapsed = time.perf_counter() - t0
         status = backend.status(handle)
         assert status.outputs.get("trials") == trials, status
-    return elapsed / trials
+    return elapsed
 
 
 def bare_trial(repeat: int) -> float:
@@ -115,10 +115,16 @@ def main() -> None:
           f"({args.repeat} runs)")
     bare = bare_trial(args.repeat)
     print(f"bare trial command (python -c print): {bare * 1000:.0f} ms")
+    # Two sizes separate the fixed cost (supervisor start, importing the algorithm's library)
+    # from the cost each further trial adds.
+    small, large = args.trials, 3 * args.trials
     for parallel in (1, 3):
-        per_trial = experiment_overhead(parallel, args.trials)
-        print(f"experiment, parallelTrialCount={parallel}, {args.trials} trials: {per_trial * 1000:.0f} ms "
-              f"wall per trial ({(per_trial - bare / parallel) * 1000:.0f} ms over the bare command's share)")
+        t_small, t_large = experiment_seconds(parallel, small), experiment_seconds(parallel, large)
+        per_trial = (t_large - t_small) / (large - small)
+        print(f"experiment, parallelTrialCount={parallel}: {per_trial * 1000:.0f} ms wall per added trial "
+              f"({(per_trial - bare / parallel) * 1000:.0f} ms over the bare command's share); "
+              f"fixed {max(0.0, t_small - small * per_trial):.2f} s; {small} trials {t_small:.2f} s, "
+              f"{large} trials {t_large:.2f} s")
 
 
 if __name__ == "__main__":

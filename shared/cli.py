@@ -169,6 +169,13 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
         emit(Outcome(submission, status).to_dict(), args.output)
         return EXIT_OK
 
+    seen: set[tuple[str, str]] = set()
+
+    def on_status(status) -> None:
+        if (status.state.value, status.raw_state) not in seen:  # outputs-only changes are not news
+            seen.add((status.state.value, status.raw_state))
+            progress(status.state.value + (f" ({status.raw_state})" if status.raw_state else ""))
+
     cancel_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -181,7 +188,7 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
         timeout=timeout,
         cancel_requested=cancel_requested,
         on_submitted=lambda s: _announce(s, progress),
-        on_status=lambda st: progress(f"{st.state.value}" + (f" ({st.raw_state})" if st.raw_state else "")),
+        on_status=on_status,
         on_log=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
     )
     status = outcome.status
