@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= local,torch,dev
+EXTRAS ?= local,torch,dev,dolphinscheduler
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench install clean

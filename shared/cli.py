@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", help="deadline such as 30m or 2h; when it passes the work is cancelled")
     run.add_argument("--key", help="idempotency key: a second run with the same key adopts the first")
     run.add_argument("--mlflow-tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none means no MLflow)")
+    run.add_argument("--mlflow-upstream-run-id", help="the previous task's MLflow run id, recorded as this run's upstream")
     run.add_argument("--detach", action="store_true", help="return once submitted, without waiting")
     run.add_argument("--output", choices=OUTPUTS, default="text")
     run.add_argument("--quiet", action="store_true", help="no progress or log lines on stderr")
@@ -95,14 +96,18 @@ def parse_params(items: Sequence[str]) -> dict[str, str]:
 
 
 def say(message: str) -> None:
-    print(f"kubeflow-tasks: {message}", file=sys.stderr, flush=True)
+    """A progress or error line on stderr; it may quote user input, so it can never read as a setValue."""
+    from shared.setvalue import defuse
+
+    print(f"kubeflow-tasks: {defuse(message)}", file=sys.stderr, flush=True)
 
 
-def emit(data: dict[str, Any], output: str) -> None:
+def emit(data: dict[str, Any], output: str, names: Sequence[str] | None = None) -> None:
+    """Print a result; with `setvalue`, only the OUT parameter `names` (default: the ids and state)."""
     if output == "setvalue":
-        from shared.setvalue import setvalue_lines
+        from shared.setvalue import BASE_NAMES, setvalue_lines
 
-        for line in setvalue_lines(data):
+        for line in setvalue_lines(data, names or BASE_NAMES):
             print(line, flush=True)
         return
     if output == "json":
@@ -158,15 +163,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float | None) -> int:
     from shared.operations import Outcome, run_async, submit_or_adopt
+    from shared.setvalue import defuse, out_parameter_names
 
+    names = out_parameter_names(spec)
     progress = (lambda _m: None) if args.quiet else say
+    # DolphinScheduler parses stderr too: with setvalue output no log line of the work may set a parameter.
+    shown = defuse if args.output == "setvalue" else str
+    log_line = None if args.quiet else (lambda line: print(shown(line), file=sys.stderr, flush=True))
+
+    def submitted(submission) -> None:
+        _announce(submission, progress)
+        if args.output == "setvalue":  # the ids right away, so a killed task still shows what it started
+            emit({**submission.handle.to_dict(), "mlflow_run_id": submission.mlflow_run_id}, args.output, names)
+
     if args.detach:
         submission = await asyncio.to_thread(
-            submit_or_adopt, backend, spec, key, mlflow_tracking_uri=args.mlflow_tracking_uri
+            submit_or_adopt,
+            backend,
+            spec,
+            key,
+            mlflow_tracking_uri=args.mlflow_tracking_uri,
+            upstream_mlflow_run_id=args.mlflow_upstream_run_id,
         )
-        _announce(submission, progress)
+        submitted(submission)
         status = await asyncio.to_thread(backend.status, submission.handle)
-        emit(Outcome(submission, status).to_dict(), args.output)
+        emit(Outcome(submission, status).to_dict(), args.output, names)
         return EXIT_OK
 
     seen: set[tuple[str, str]] = set()
@@ -185,18 +206,19 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
         spec,
         key,
         mlflow_tracking_uri=args.mlflow_tracking_uri,
+        upstream_mlflow_run_id=args.mlflow_upstream_run_id,
         timeout=timeout,
         cancel_requested=cancel_requested,
-        on_submitted=lambda s: _announce(s, progress),
+        on_submitted=submitted,
         on_status=on_status,
-        on_log=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
+        on_log=log_line,
     )
     status = outcome.status
     if cancel_requested.is_set():
         progress("cancelled on signal")
     if status.message and status.state is not State.SUCCEEDED:
         progress(status.message)
-    emit(outcome.to_dict(), args.output)
+    emit(outcome.to_dict(), args.output, names)
     return EXIT_OK if status.state is State.SUCCEEDED and not outcome.timed_out else EXIT_FAILED
 
 

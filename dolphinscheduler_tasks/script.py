@@ -1,0 +1,157 @@
+"""The bash scripts our task types serialise to, built without importing pydolphinscheduler.
+
+DolphinScheduler substitutes `${name}` as TEXT into a Shell task's script before bash runs it
+(ParameterUtils.convertParameterPlaceholders), so shell quoting alone cannot protect a value that
+arrives from an upstream task: a quote or a newline in it would end the quoting. Every value that is
+not plainly safe is therefore written into a quoted here-document (`<<'KFT_<token>'`, nothing inside
+is expanded by bash) and read into a variable that is passed as "$VAR". The delimiter carries a
+random token per task, so a value cannot end the here-document early unless it contains that exact
+line. Plainly safe values (letters, digits and `_./:@%+=,-`, no `$`) are written inline: neither bash
+nor DolphinScheduler can change them.
+
+The script ends in `exec`, so the CLI is the worker's direct child and receives its SIGTERM
+(timeout) or SIGINT/SIGTERM (kill) itself, cancels the remote work and exits.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from shared.errors import SpecError
+
+_PLAIN = re.compile(r"[A-Za-z0-9_./:@%+=,-]+")
+_COMMENT_UNSAFE = re.compile(r"[^A-Za-z0-9_ .:/()-]")
+PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+# Read a here-document into the variable named $1, minus the one newline a here-document always ends with.
+_READER = """kft_value() {
+  IFS= read -r -d '' "$1" || true
+  printf -v "$1" '%s' "${!1%$'\\n'}"
+}"""
+
+
+def key_template() -> str:
+    """The idempotency key: the workflow instance and the task definition, the same for every retry
+    and failover of this task in this workflow instance, so a retry adopts the work already running."""
+    return "dolphinscheduler/${system.workflow.instance.id}/${system.task.definition.code}"
+
+
+def cli_deadline_seconds(timeout_minutes: int) -> int:
+    """Our own deadline for a DolphinScheduler timeout of `timeout_minutes`.
+
+    DolphinScheduler's timeout kills the task (state KILL, never retried). Our deadline fires
+    earlier, so the CLI cancels the remote work and exits 1 (FAILURE, retried while retries
+    remain). The margin leaves time for the cancel: 5% of the timeout, at least 15 s, at most 2 min.
+    """
+    total = timeout_minutes * 60
+    margin = min(max(total * 0.05, 15.0), 120.0)
+    return max(1, int(total - margin))
+
+
+@dataclass
+class ScriptWriter:
+    """Accumulates here-document reads and renders the script; one random token per script."""
+
+    token: str = field(default_factory=lambda: secrets.token_hex(12))
+    reads: list[str] = field(default_factory=list)
+
+    @property
+    def delimiter(self) -> str:
+        return f"KFT_{self.token}"
+
+    def value(self, text: str) -> str:
+        """A shell word that expands to exactly `text` after DolphinScheduler's substitution."""
+        if _PLAIN.fullmatch(text):
+            return text
+        return f'"{self.read(text)}"'
+
+    def read(self, text: str) -> str:
+        """Read `text` (as substituted by DolphinScheduler) into a fresh variable; returns `$NAME`."""
+        if self.delimiter in text:  # only possible at generation time, and then we can say so
+            raise SpecError("params", "a value contains the here-document delimiter")
+        name = f"KFT_{len(self.reads) + 1}"
+        self.reads.append(f"kft_value {name} <<'{self.delimiter}'\n{text}\n{self.delimiter}")
+        return f"${name}"
+
+    def render(self, header: str, command: Sequence[str], prelude: Sequence[str] = (), exec_: bool = True) -> str:
+        # A comment is still shell: no `$` (DolphinScheduler would substitute) and no line break in it.
+        lines = [f"# {_COMMENT_UNSAFE.sub('_', header)}", "# Values are read from quoted here-documents: substituted text is data, never shell."]
+        if self.reads:
+            lines += [_READER, *self.reads]
+        lines += prelude
+        lines.append(("exec " if exec_ else "") + " \\\n  ".join(command))
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the CLI reaches the backend and MLflow; None means the CLI's own default."""
+
+    backend: str = "local"
+    namespace: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+    kfp_host: str | None = None
+    kfp_token_file: str | None = None
+    mlflow_tracking_uri: str | None = None
+    upstream_mlflow_run_id: str | None = None
+    cli: str = "kubeflow-tasks"
+
+    def flags(self) -> list[tuple[str, str]]:
+        pairs = [("--backend", self.backend)]
+        for flag, value in (
+            ("--namespace", self.namespace),
+            ("--kubeconfig", self.kubeconfig),
+            ("--context", self.context),
+            ("--kfp-host", self.kfp_host),
+            ("--kfp-token-file", self.kfp_token_file),
+            ("--mlflow-tracking-uri", self.mlflow_tracking_uri),
+            ("--mlflow-upstream-run-id", self.upstream_mlflow_run_id),
+        ):
+            if value is not None:
+                pairs.append((flag, value))
+        return pairs
+
+
+def run_script(
+    kind: str,
+    title: str,
+    spec_path: str | None,
+    spec_json: str | None,
+    params: Mapping[str, str],
+    options: RunOptions,
+    deadline_seconds: int | None,
+) -> str:
+    """`exec kubeflow-tasks run KIND ...` with every value safely quoted.
+
+    Exactly one of `spec_path` (a file the worker can read) and `spec_json` (the spec itself, written
+    to a file in the task's directory first) is given.
+    """
+    writer = ScriptWriter()
+    prelude: list[str] = []
+    if spec_json is not None:
+        prelude.append(f"printf '%s\\n' \"{writer.read(spec_json)}\" > kubeflow-tasks-spec.json")
+        spec_word = "kubeflow-tasks-spec.json"
+    else:
+        assert spec_path is not None
+        spec_word = writer.value(spec_path)
+    command = [f"{writer.value(options.cli)} run {kind}", f"--spec {spec_word}"]
+    for name, value in params.items():
+        if not PARAM_NAME.fullmatch(name):
+            raise SpecError("params", f"{name!r} is not a parameter name (letters, digits, _ . -)")
+        command.append(f"--param {writer.value(f'{name}={value}')}")
+    command.append(f"--key {writer.value(key_template())}")
+    command += [f"{flag} {writer.value(value)}" for flag, value in options.flags()]
+    if deadline_seconds is not None:
+        command.append(f"--timeout {deadline_seconds}s")
+    command.append("--output setvalue")
+    return writer.render(title, command, prelude)
+
+
+def summary_script(title: str, rows: Mapping[str, str]) -> str:
+    """Print `label: value` lines, values read safely (upstream values are substituted as text)."""
+    writer = ScriptWriter()
+    words = [f"{writer.value(label)} {writer.value(value)}" for label, value in rows.items()]
+    return writer.render(title, ["printf '%s: %s\\n'", *words], exec_=False)
