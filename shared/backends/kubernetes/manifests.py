@@ -1,0 +1,122 @@
+"""The custom resources we create: the user's manifest with our name, markers and MLflow hand-off.
+
+The spec layer has already validated and defaulted `spec.manifest` like the API server and the
+webhooks would, so this module only rewrites what the backend owns: the object's name and
+namespace, the idempotency label and annotations, and the environment of the work's containers.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared.backends.base import SubmitContext
+from shared.backends.kubernetes import naming
+from shared.specs.model import ExperimentSpec, TrainingJobSpec
+from shared.status import Kind
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where a kind of custom resource lives in the API."""
+
+    kind: str
+    group: str
+    version: str
+    plural: str
+    work: Kind
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+
+RESOURCES = {
+    "PyTorchJob": Resource("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs", Kind.TRAINING_JOB),
+    "TFJob": Resource("TFJob", "kubeflow.org", "v1", "tfjobs", Kind.TRAINING_JOB),
+    "Experiment": Resource("Experiment", "kubeflow.org", "v1beta1", "experiments", Kind.EXPERIMENT),
+}
+BY_PLURAL = {r.plural: r for r in RESOURCES.values()}
+FOR_KIND = {
+    Kind.TRAINING_JOB: (RESOURCES["PyTorchJob"], RESOURCES["TFJob"]),
+    Kind.EXPERIMENT: (RESOURCES["Experiment"],),
+}
+_ANNOTATION_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def resource_of(spec: TrainingJobSpec | ExperimentSpec) -> Resource:
+    return RESOURCES[spec.resource if isinstance(spec, TrainingJobSpec) else "Experiment"]
+
+
+def build(
+    spec: TrainingJobSpec | ExperimentSpec, key: str, attempt: int, namespace: str, context: SubmitContext
+) -> dict[str, Any]:
+    """The object to create for (key, attempt)."""
+    resource = resource_of(spec)
+    body = copy.deepcopy(dict(spec.manifest))
+    body["apiVersion"], body["kind"] = resource.api_version, resource.kind
+    metadata = body.setdefault("metadata", {})
+    metadata["name"] = naming.object_name(spec.name, key, attempt, naming.MAX_NAME[resource.kind])
+    metadata["namespace"] = namespace
+    metadata.pop("generateName", None)
+    metadata.setdefault("labels", {})[naming.KEY_HASH_LABEL] = naming.key_hash(key)
+    annotations = metadata.setdefault("annotations", {})
+    for name, value in context.labels.items():  # the scheduler's identity, for people reading the object
+        annotations[f"{naming.DOMAIN}/{_ANNOTATION_NAME.sub('-', str(name))[:63]}"] = str(value)
+    annotations[naming.KEY_ANNOTATION] = key
+    annotations[naming.ATTEMPT_ANNOTATION] = str(attempt)
+    annotations[naming.SPEC_NAME_ANNOTATION] = spec.name
+    if context.env:
+        if isinstance(spec, TrainingJobSpec):
+            for container in _job_containers(body, spec):
+                _set_env(container, context.env)
+        else:
+            trial_env = trial_handoff_env(context)
+            primary = spec.trial_template.primary_container_name
+            trial_spec = body["spec"]["trialTemplate"].get("trialSpec") or {}
+            for container in _containers(trial_spec):
+                if primary is None or container.get("name") == primary:
+                    _set_env(container, trial_env)
+    return body
+
+
+def trial_handoff_env(context: SubmitContext) -> dict[str, str]:
+    """What a Katib trial needs to open its own run nested under ours (reference §5).
+
+    Trials are created by Katib, not by us, so they cannot be handed a run id: each trial's
+    `mlflow.start_run()` creates a new run, and MLFLOW_RUN_CONTEXT tags it with our parent run.
+    """
+    env = {k: v for k, v in context.env.items() if k != "MLFLOW_RUN_ID"}
+    parent = context.mlflow.get("run_id") or context.env.get("MLFLOW_RUN_ID")
+    if parent:
+        env["MLFLOW_RUN_CONTEXT"] = json.dumps({"mlflow.parentRunId": parent})
+    return env
+
+
+def _job_containers(body: Mapping[str, Any], spec: TrainingJobSpec) -> Iterator[dict[str, Any]]:
+    replica_key = "pytorchReplicaSpecs" if spec.resource == "PyTorchJob" else "tfReplicaSpecs"
+    for replica in body["spec"][replica_key].values():
+        yield from replica["template"]["spec"]["containers"]
+
+
+def _containers(tree: Any) -> Iterator[dict[str, Any]]:
+    """Every container of a trial's object, whatever its kind (Job, PyTorchJob, TFJob, ...)."""
+    if isinstance(tree, Mapping):
+        for name, value in tree.items():
+            if name in ("containers", "initContainers") and isinstance(value, list):
+                yield from (c for c in value if isinstance(c, dict))
+            else:
+                yield from _containers(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _containers(value)
+
+
+def _set_env(container: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Our variables replace same-named entries (the hand-off must win), others are kept in order."""
+    kept = [e for e in container.get("env") or [] if e.get("name") not in env]
+    container["env"] = kept + [{"name": k, "value": str(v)} for k, v in env.items()]

@@ -1,0 +1,147 @@
+"""KFP runs on a KFP API server: the run body, get-or-create of experiments, and create-once.
+
+Runs have no labels, so a run is found again by its deterministic display name, and its key is
+kept in the description (so `get` and `list` can rebuild the handle). Creating a run or an
+experiment is not idempotent on the server: a create whose answer was lost may still have
+happened. So every create is tried once, and before each retry we look for what it may have made.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from shared.backends.kubernetes.access import ATTEMPTS, Kfp
+from shared.errors import TransientError
+from shared.retry import http_status, is_transient, retry_after
+from shared.specs.model import PipelineRunSpec
+
+DESCRIPTION_PREFIX = "kubeflow-tasks key: "
+_COMPILED: dict[tuple[str, str], list[dict[str, Any]]] = {}
+_COMPILED_LOCK = threading.Lock()
+
+
+def equals(key: str, value: str) -> str:
+    return json.dumps({"predicates": [{"key": key, "operation": "EQUALS", "string_value": value}]})
+
+
+def substring(key: str, value: str) -> str:
+    return json.dumps({"predicates": [{"key": key, "operation": "IS_SUBSTRING", "string_value": value}]})
+
+
+def key_of(run: Mapping[str, Any]) -> str | None:
+    description = run.get("description") or ""
+    return description[len(DESCRIPTION_PREFIX) :] if description.startswith(DESCRIPTION_PREFIX) else None
+
+
+def create_once_then_find(create: Callable[[], Any], find: Callable[[], Any]) -> Any:
+    """`find()`, else `create()` once; after a transient failure, look again before trying again."""
+    for attempt in range(1, ATTEMPTS + 1):
+        found = find()
+        if found is not None:
+            return found
+        try:
+            return create()
+        except Exception as exc:
+            if http_status(exc) == 409 or (is_transient(exc) and attempt < ATTEMPTS):
+                time.sleep(max(retry_after(exc) or 0.0, min(5.0, 0.2 * 2**attempt)))
+                continue
+            raise
+    raise TransientError("gave up creating after repeated transient failures")
+
+
+def pipeline_docs(spec: PipelineRunSpec) -> list[dict[str, Any]]:
+    """The compiled pipeline (PipelineSpec, then an optional platform spec), compiled once per process."""
+    from shared.backends.local.kfp_exec import load_ir
+
+    cache_key = (spec.pipeline, spec.base_dir)
+    with _COMPILED_LOCK:
+        if cache_key not in _COMPILED:
+            with tempfile.TemporaryDirectory(prefix="kubeflow-tasks-compile-") as scratch:
+                _COMPILED[cache_key] = load_ir(spec.pipeline, spec.base_dir, scratch)
+        return copy.deepcopy(_COMPILED[cache_key])
+
+
+def run_body(
+    spec: PipelineRunSpec,
+    *,
+    display_name: str,
+    key: str,
+    env: Mapping[str, str],
+    mlflow_plugin_experiment: str | None,
+) -> dict[str, Any]:
+    """The v2beta1 Run to create, with the pipeline spec inline (no pipeline upload to clean up).
+
+    Compiling and checking the parameters happens here, before anything is sent; the caller adds
+    the experiment id, which may need a request."""
+    from shared.backends.local.kfp_exec import pipeline_arguments
+
+    docs = pipeline_docs(spec)
+    pipeline = docs[0]
+    if spec.enable_caching is not None:
+        _set_caching(pipeline, spec.enable_caching)
+    runtime_config: dict[str, Any] = {"parameters": pipeline_arguments(pipeline, spec.parameters, env)}
+    if spec.pipeline_root:
+        runtime_config["pipeline_root"] = spec.pipeline_root
+    body: dict[str, Any] = {
+        "display_name": display_name,
+        "description": f"{DESCRIPTION_PREFIX}{key}",
+        "pipeline_spec": pipeline
+        if len(docs) == 1
+        else {"pipeline_spec": pipeline, "platform_spec": docs[1]},
+        "runtime_config": runtime_config,
+    }
+    if spec.service_account:
+        body["service_account"] = spec.service_account
+    if mlflow_plugin_experiment:
+        body["plugins_input"] = {"mlflow": {"experiment_id": mlflow_plugin_experiment}}
+    return body
+
+
+def _set_caching(pipeline: dict[str, Any], enabled: bool) -> None:
+    """What `kfp.Client.run_pipeline(enable_caching=...)` does: override every task's cache option."""
+    dags = [pipeline.get("root", {}).get("dag", {})]
+    dags += [c.get("dag", {}) for c in (pipeline.get("components") or {}).values()]
+    for dag in dags:
+        for task in (dag.get("tasks") or {}).values():
+            task.setdefault("cachingOptions", {})["enableCache"] = enabled
+
+
+class Experiments:
+    """Experiment ids by name, get-or-create, resolved once per backend."""
+
+    def __init__(self, kfp: Kfp):
+        self.kfp = kfp
+        self._ids: dict[tuple[str, str | None], str] = {}
+        self._lock = threading.Lock()
+
+    def id_for(self, name: str, namespace: str | None) -> str:
+        with self._lock:
+            if (name, namespace) not in self._ids:
+                self._ids[(name, namespace)] = create_once_then_find(
+                    lambda: self._create(name, namespace), lambda: self._find(name, namespace)
+                )
+            return self._ids[(name, namespace)]
+
+    def _find(self, name: str, namespace: str | None) -> str | None:
+        api = self.kfp.experiments()
+        kwargs = {"namespace": namespace} if namespace else {}
+        body = self.kfp.request(
+            api.experiment_service_list_experiments,
+            filter=equals("display_name", name),
+            page_size=10,
+            **kwargs,
+        )
+        found = sorted(body.get("experiments") or [], key=lambda e: str(e.get("created_at") or ""))
+        return found[0]["experiment_id"] if found else None
+
+    def _create(self, name: str, namespace: str | None) -> str:
+        api = self.kfp.experiments()
+        experiment = {"display_name": name, **({"namespace": namespace} if namespace else {})}
+        body = self.kfp.request(api.experiment_service_create_experiment, experiment, retry=False)
+        return body["experiment_id"]
