@@ -76,23 +76,25 @@ def at(doc: dict, path: str, value):
 
 
 DELETE = object()
-M = "spec.pytorchReplicaSpecs.Master"
+M = "spec.pytorchReplicaSpecs.Master"  # the schema's spelling, for schema errors
 W = "spec.pytorchReplicaSpecs.Worker"
+M_ROLE = "spec.pytorchReplicaSpecs[Master]"  # the webhooks' spelling, for their rules
+W_ROLE = "spec.pytorchReplicaSpecs[Worker]"
 C = "template.spec.containers.0"
 T = "spec.trialTemplate"
 
 CASES = [
     ("training-job", at(JOB, "metadata.name", "Train_Job"), "metadata.name"),
     ("training-job", at(JOB, "apiVersion", "kubeflow.org/v2"), "apiVersion"),
-    ("training-job", at(JOB, f"{M}.replicas", 2), f"{M}.replicas"),
+    ("training-job", at(JOB, f"{M}.replicas", 2), f"{M_ROLE}.replicas"),
     ("training-job", at(JOB, f"{W}.replicas", "two"), f"{W}.replicas"),
-    ("training-job", at(JOB, f"{W}.replicas", 0), f"{W}.replicas"),
-    ("training-job", at(JOB, f"{M}.{C}.image", DELETE), f"{M}.template.spec.containers[0].image"),
-    ("training-job", at(JOB, f"{M}.{C}.name", "trainer"), f"{M}.template.spec.containers"),
+    ("training-job", at(JOB, f"{W}.replicas", 0), f"{W_ROLE}.replicas"),
+    ("training-job", at(JOB, f"{M}.{C}.image", DELETE), f"{M_ROLE}.template.spec.containers[0].image"),
+    ("training-job", at(JOB, f"{M}.{C}.name", "trainer"), f"{M_ROLE}.template.spec.containers"),
     ("training-job", at(JOB, f"{M}.{C}.command", "python train.py"), f"{M}.template.spec.containers[0].command"),
     ("training-job", at(JOB, f"{M}.restartPolicy", "Sometimes"), f"{M}.restartPolicy"),
     ("training-job", at(JOB, "spec.pytorchReplicaSpecs.Chief", JOB["spec"]["pytorchReplicaSpecs"]["Master"]),
-     "spec.pytorchReplicaSpecs.Chief"),
+     "spec.pytorchReplicaSpecs[Chief]"),
     ("training-job", at(JOB, "spec.runPolicy.backoffLimit", -1), "spec.runPolicy.backoffLimit"),
     ("training-job", at(JOB, "spec.runPolicy.cleanPodPolicy", "Some"), "spec.runPolicy.cleanPodPolicy"),
     ("training-job", at(JOB, "spec.pytorchReplicaSpecs", DELETE), "spec.pytorchReplicaSpecs"),
@@ -106,7 +108,7 @@ CASES = [
     ("experiment", at(EXPERIMENT, "spec.maxTrialCount", 0), "spec.maxTrialCount"),
     ("experiment", at(EXPERIMENT, "spec.parallelTrialCount", -1), "spec.parallelTrialCount"),
     ("experiment", at(EXPERIMENT, "spec.parameters.0.parameterType", "float"), "spec.parameters[0].parameterType"),
-    ("experiment", at(EXPERIMENT, "spec.parameters.0.feasibleSpace.min", "0.5"), "spec.parameters[0].feasibleSpace"),
+    ("experiment", at(EXPERIMENT, "spec.parameters.0.feasibleSpace.min", "0.5"), "spec.parameters[0].feasibleSpace.min"),
     ("experiment", at(EXPERIMENT, f"{T}.trialParameters.0.reference", "learning_rate"),
      "spec.trialTemplate.trialParameters[0].reference"),
     ("experiment", at(EXPERIMENT, f"{T}.primaryContainerName", "main"), "spec.trialTemplate.primaryContainerName"),
@@ -127,7 +129,7 @@ def test_malformed_spec_exits_2_naming_the_field_and_starts_nothing(
     assert code == 2
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, captured.err
-    assert field in lines[0], lines[0]
+    assert f"{field}: " in lines[0], lines[0]  # the exact field, not a prefix of it
     assert captured.out == ""
     assert not (state_dir / "runs").exists(), "nothing may be submitted for a bad spec"
 

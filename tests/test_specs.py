@@ -40,8 +40,10 @@ TFJOB = manifest("tfjob-dist.yaml")
 RANDOM = manifest("katib-random.yaml")
 TPE = manifest("katib-tpe.yaml")
 PIPELINE = manifest("pipeline-run.yaml")
-MASTER = "spec.pytorchReplicaSpecs.Master"
+MASTER = "spec.pytorchReplicaSpecs.Master"  # the API server's (schema) spelling of the map entry
 WORKER = "spec.pytorchReplicaSpecs.Worker"
+MASTER_ROLE = "spec.pytorchReplicaSpecs[Master]"  # the webhooks' spelling (Go field.Path.Key)
+WORKER_ROLE = "spec.pytorchReplicaSpecs[Worker]"
 TRIAL = "spec.trialTemplate"
 
 
@@ -90,28 +92,75 @@ MALFORMED = [
     (
         "pytorch-replica-key",
         edit(PYTORCH, spec__pytorchReplicaSpecs__Chief=PYTORCH["spec"]["pytorchReplicaSpecs"]["Master"]),
-        "spec.pytorchReplicaSpecs.Chief",
+        "spec.pytorchReplicaSpecs[Chief]",
         "unknown replica type",
         False,
     ),
-    ("master-replicas-2", at(PYTORCH, f"{MASTER}.replicas", 2), f"{MASTER}.replicas", "must be 1", False),
-    ("worker-replicas-0", at(PYTORCH, f"{WORKER}.replicas", 0), f"{WORKER}.replicas", "at least 1", False),
+    (
+        "master-replicas-2",
+        at(PYTORCH, f"{MASTER}.replicas", 2),
+        f"{MASTER_ROLE}.replicas",
+        "must be 1",
+        False,
+    ),
+    (
+        "master-replicas-0",
+        at(PYTORCH, f"{MASTER}.replicas", 0),
+        f"{MASTER_ROLE}.replicas",
+        "must be 1",
+        False,
+    ),
+    (
+        "worker-replicas-0",
+        at(PYTORCH, f"{WORKER}.replicas", 0),
+        f"{WORKER_ROLE}.replicas",
+        "at least 1",
+        False,
+    ),
     ("replicas-string", at(PYTORCH, f"{WORKER}.replicas", "2"), f"{WORKER}.replicas", "integer", True),
     ("replicas-bool", at(PYTORCH, f"{WORKER}.replicas", True), f"{WORKER}.replicas", "integer", True),
-    ("replicas-negative", at(PYTORCH, f"{WORKER}.replicas", -1), f"{WORKER}.replicas", ">= 0", False),
+    ("replicas-negative", at(PYTORCH, f"{WORKER}.replicas", -1), f"{WORKER_ROLE}.replicas", ">= 0", False),
     (
         "no-containers",
         at(PYTORCH, f"{MASTER}.template.spec.containers", []),
-        f"{MASTER}.template.spec.containers",
+        f"{MASTER_ROLE}.template.spec.containers",
         "at least one",
         False,
     ),
     (
+        "no-template",
+        at(PYTORCH, f"{WORKER}.template", DELETE),
+        f"{WORKER_ROLE}.template.spec.containers",
+        "at least one",
+        False,
+    ),
+    (
+        "no-containers-key",
+        at(PYTORCH, f"{MASTER}.template.spec.containers", DELETE),
+        f"{MASTER}.template.spec.containers",
+        "required",
+        True,
+    ),
+    (
         "no-image",
         at(PYTORCH, f"{container(WORKER)}.image", DELETE),
-        f"{container(WORKER)}.image",
+        f"{container(WORKER_ROLE)}.image",
         "required",
         False,
+    ),
+    (
+        "empty-image",
+        at(PYTORCH, f"{container(MASTER)}.image", ""),
+        f"{container(MASTER_ROLE)}.image",
+        "required",
+        False,
+    ),
+    (
+        "image-not-string",
+        at(PYTORCH, f"{container(MASTER)}.image", 7),
+        f"{container(MASTER)}.image",
+        "string",
+        True,
     ),
     (
         "container-no-name",
@@ -123,8 +172,22 @@ MALFORMED = [
     (
         "no-pytorch-container",
         at(PYTORCH, f"{container(MASTER)}.name", "main"),
-        f"{MASTER}.template.spec.containers",
+        f"{MASTER_ROLE}.template.spec.containers",
         "'pytorch'",
+        False,
+    ),
+    (
+        "empty-container-name",
+        at(PYTORCH, f"{container(MASTER)}.name", ""),
+        f"{MASTER_ROLE}.template.spec.containers",
+        "'pytorch'",
+        False,
+    ),
+    (
+        "empty-sidecar-name",
+        at(TFJOB, "spec.tfReplicaSpecs.Worker.template.spec.containers[1].name", ""),
+        "spec.tfReplicaSpecs.Worker.template.spec.containers[1].name",
+        "must not be empty",
         False,
     ),
     (
@@ -216,7 +279,7 @@ MALFORMED = [
     (
         "elastic-no-worker",
         edit(PYTORCH, spec__elasticPolicy={"minReplicas": 1}, spec__pytorchReplicaSpecs__Worker=DELETE),
-        WORKER,
+        WORKER_ROLE,
         "elasticPolicy",
         False,
     ),
@@ -228,16 +291,23 @@ MALFORMED = [
         False,
     ),
     (
+        "tf-chief-replicas-2",
+        at(TFJOB, "spec.tfReplicaSpecs.Chief.replicas", 2),
+        "spec.tfReplicaSpecs[Chief].replicas",
+        "at most 1",
+        False,
+    ),
+    (
         "tf-replica-key",
         at(TFJOB, "spec.tfReplicaSpecs.Launcher", TFJOB["spec"]["tfReplicaSpecs"]["PS"]),
-        "spec.tfReplicaSpecs.Launcher",
+        "spec.tfReplicaSpecs[Launcher]",
         "Evaluator",
         False,
     ),
     (
         "tf-container-name",
         at(TFJOB, "spec.tfReplicaSpecs.PS.template.spec.containers[0].name", "pytorch"),
-        "spec.tfReplicaSpecs.PS.template.spec.containers",
+        "spec.tfReplicaSpecs[PS].template.spec.containers",
         "'tensorflow'",
         False,
     ),
@@ -864,6 +934,17 @@ def test_builder_manifests_match_upstream_schema(reference_specs: Path) -> None:
 
 
 SCHEMA_LEVEL = [c for c in MALFORMED if c[4]]
+_MAP_KEY = re.compile(r"\[[A-Za-z]")  # `[Master]`: how the webhooks, never the schema, write a map entry
+
+
+def test_schema_errors_use_the_schema_spelling_and_webhook_errors_the_webhook_spelling() -> None:
+    """The API server reports schema errors as `...Specs.Master.x`, the webhooks as `...Specs[Master].x`."""
+    replica_rows = [c for c in MALFORMED if re.search(r"ReplicaSpecs[.\[]", c[2])]
+    assert [c[0] for c in replica_rows if c[4] and _MAP_KEY.search(c[2])] == []
+    # our own checks of fields the webhooks never look at keep the schema's spelling
+    own = (".restartPolicy", ".name")
+    webhook_level = [c for c in replica_rows if not c[4] and not c[2].endswith(own)]
+    assert webhook_level and [c[0] for c in webhook_level if not _MAP_KEY.search(c[2])] == []
 
 
 @pytest.mark.parametrize("doc", [c[1] for c in SCHEMA_LEVEL], ids=[c[0] for c in SCHEMA_LEVEL])

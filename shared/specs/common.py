@@ -2,7 +2,7 @@
 
 Every reader takes the manifest path of the object it reads from, so each failure is one
 `SpecError` naming the exact field (`spec.pytorchReplicaSpecs.Worker.replicas: ...`), the way
-the Kubernetes API server and the Kubeflow webhooks name fields.
+the Kubernetes API server names fields (`key` gives the webhooks' spelling of map entries).
 """
 
 from __future__ import annotations
@@ -26,6 +26,16 @@ def join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else key
+
+
+def key(path: str, name: str) -> str:
+    """`spec.pytorchReplicaSpecs` + `Master` -> `spec.pytorchReplicaSpecs[Master]`.
+
+    Why two spellings of a map entry: the API server's schema errors write it `.Master` (`join`),
+    the Kubeflow webhooks write it with Go's `field.Path.Key`; an error names the field the way
+    the layer of the cluster that enforces the same rule would.
+    """
+    return f"{path}[{name}]"
 
 
 def type_name(value: Any) -> str:

@@ -1,5 +1,12 @@
 """PyTorchJob and TFJob manifests (kubeflow.org/v1), validated like the CRD schema and the
 training-operator v1.9 webhooks, then defaulted like its defaulter (replicas 1, restartPolicy).
+
+Each error names its field the way the cluster would: what the CRD schema checks (types, required
+keys, unknown fields) with the API server's `spec.pytorchReplicaSpecs.Master.replicas`; the
+webhooks' rules (`pkg/webhooks/utils.ValidateReplicaSpecs`, `pytorchjob_webhook.go`,
+`tfjob_webhook.go`) and our checks of the same replica fields with Go's `field.Path.Key` form,
+`spec.pytorchReplicaSpecs[Master].replicas`. Within a replica the schema's checks run first,
+as on a cluster, where a schema error stops the request before the webhooks see it.
 """
 
 from __future__ import annotations
@@ -93,7 +100,7 @@ def parse_training_job(
     assert raw is not None
     if not raw:
         raise SpecError(specs_path, f"must declare at least one replica type ({', '.join(fw.replica_types)})")
-    replicas = [_replica(str(key), value, c.join(specs_path, str(key)), fw) for key, value in raw.items()]
+    replicas = [_replica(str(key), value, specs_path, fw) for key, value in raw.items()]
     replicas.sort(key=lambda r: r.type not in _LEADERS)  # stable: the leader first, then manifest order
     leaders = [r.type for r in replicas if r.type in _LEADERS]
     if len(leaders) > 1:
@@ -121,45 +128,74 @@ def parse_training_job(
     )
 
 
-def _replica(rtype: str, value: Any, path: str, fw: _Framework) -> ReplicaSpec:
-    if rtype not in fw.replica_types:
-        raise SpecError(
-            path, f"unknown replica type {rtype!r}; expected one of {', '.join(fw.replica_types)}"
-        )
+def _replica(rtype: str, value: Any, specs_path: str, fw: _Framework) -> ReplicaSpec:
+    path = c.join(specs_path, rtype)  # the schema's spelling of the entry
+    role = c.key(specs_path, rtype)  # the webhooks' spelling of the same entry
     if not isinstance(value, Mapping):
         raise SpecError(path, f"must be a mapping, got {c.type_name(value)}")
     c.reject_unknown(value, ("replicas", "template", "restartPolicy"), path, "a replica spec")
-    count = c.integer(value, "replicas", path, default=1, minimum=0)
+    count = c.integer(value, "replicas", path, default=1)  # the CRD bounds nothing: the webhooks do
     assert count is not None
-    if rtype == "Master" and fw.replica_key == "pytorchReplicaSpecs" and count != 1:
-        raise SpecError(c.join(path, "replicas"), f"must be 1 for a PyTorchJob Master, got {count}")
-    if rtype in _LEADERS and count > 1:
-        raise SpecError(c.join(path, "replicas"), f"a {rtype} has at most 1 replica, got {count}")
-    if rtype == "Worker" and count < 1:
-        raise SpecError(
-            c.join(path, "replicas"), "must be at least 1 for Worker (drop the Worker entry instead)"
-        )
     restart = c.string(value, "restartPolicy", path, default=fw.default_restart, choices=RESTART_POLICIES)
-    container, port = _primary_container(value, path, fw)
+    containers = _containers(value, path, fw)
+    if rtype not in fw.replica_types:
+        raise SpecError(
+            role, f"unknown replica type {rtype!r}; expected one of {', '.join(fw.replica_types)}"
+        )
+    container, port = _primary_container(containers, _containers_path(role), fw)
+    _check_count(rtype, count, c.join(role, "replicas"), fw)
+    for i, (spec, _) in enumerate(containers):
+        if not spec.name:  # the webhooks let it pass, the Pod the operator creates would be refused
+            raise SpecError(c.join(c.join(_containers_path(path), i), "name"), "must not be empty")
     return ReplicaSpec(type=rtype, replicas=count, restart_policy=restart, container=container, port=port)
 
 
-def _primary_container(replica: Mapping[str, Any], path: str, fw: _Framework) -> tuple[ContainerSpec, int]:
-    template = c.mapping(replica, "template", path, required=True)
+def _check_count(rtype: str, count: int, path: str, fw: _Framework) -> None:
+    """Replica counts: the PyTorchJob webhook's rules (Master exactly 1, Worker at least 1) and ours."""
+    if count < 0:
+        raise SpecError(path, f"must be an integer >= 0, got {count}")
+    if rtype == "Master" and fw.replica_key == "pytorchReplicaSpecs" and count != 1:
+        raise SpecError(path, f"must be 1 for a PyTorchJob Master, got {count}")
+    if rtype in _LEADERS and count > 1:
+        raise SpecError(path, f"a {rtype} has at most 1 replica, got {count}")
+    if rtype == "Worker" and count < 1:
+        raise SpecError(path, "must be at least 1 for Worker (drop the Worker entry instead)")
+
+
+def _containers(replica: Mapping[str, Any], path: str, fw: _Framework) -> list[tuple[ContainerSpec, int]]:
+    """Each container with its job port, as far as the schema checks them.
+
+    `template` and its `spec` are optional in the CRD; the PodSpec requires `containers`.
+    """
     tpath = c.join(path, "template")
-    pod = c.mapping(template, "spec", tpath, required=True)
-    pod_path = c.join(tpath, "spec")
-    containers = c.items(pod, "containers", pod_path, required=True)
-    cpath = c.join(pod_path, "containers")
+    pod = c.mapping(c.mapping(replica, "template", path) or {}, "spec", tpath)
+    if pod is None:
+        return []
+    cpath = _containers_path(path)
+    return [
+        (_container(raw, c.join(cpath, i)), _port(raw, c.join(cpath, i), fw))  # _container checks raw first
+        for i, raw in enumerate(c.items(pod, "containers", c.join(tpath, "spec"), required=True))
+    ]
+
+
+def _containers_path(replica_path: str) -> str:
+    return c.join(c.join(c.join(replica_path, "template"), "spec"), "containers")
+
+
+def _primary_container(
+    containers: list[tuple[ContainerSpec, int]], cpath: str, fw: _Framework
+) -> tuple[ContainerSpec, int]:
+    """The webhooks' container rules (`utils.ValidateReplicaSpecs`), on their paths (`cpath`)."""
     if not containers:
-        raise SpecError(cpath, "must list at least one container")
-    parsed = [_container(raw, c.join(cpath, i)) for i, raw in enumerate(containers)]
-    for i, (spec, raw) in enumerate(zip(parsed, containers, strict=True)):
-        if spec.name == fw.container:
-            return spec, _port(raw, c.join(cpath, i), fw)
-    raise SpecError(
-        cpath, f"one container must be named {fw.container!r} (found: {c.names(p.name for p in parsed)})"
-    )
+        raise SpecError(cpath, "required: must list at least one container")
+    for i, (spec, _) in enumerate(containers):
+        if not spec.image:
+            raise SpecError(c.join(c.join(cpath, i), "image"), "required (a non-empty string)")
+    primary = [(spec, port) for spec, port in containers if spec.name == fw.container]
+    if not primary:
+        found = c.names(spec.name for spec, _ in containers)
+        raise SpecError(cpath, f"one container must be named {fw.container!r} (found: {found})")
+    return primary[0]
 
 
 def _container(raw: Any, path: str) -> ContainerSpec:
@@ -174,9 +210,11 @@ def _container(raw: Any, path: str) -> ContainerSpec:
         value = c.string(entry, "value", epath)
         if value is not None:
             env.append((name, value))
+    if raw.get("name") is None:  # required by the schema; an empty name is the webhooks' business
+        raise SpecError(c.join(path, "name"), "required (a string)")
     return ContainerSpec(
-        name=c.string(raw, "name", path, required=True),
-        image=c.string(raw, "image", path, required=True),
+        name=c.string(raw, "name", path) or "",
+        image=c.string(raw, "image", path) or "",  # optional in the schema; the webhooks require it
         command=c.string_list(raw, "command", path),
         args=c.string_list(raw, "args", path),
         env=tuple(env),
@@ -185,7 +223,8 @@ def _container(raw: Any, path: str) -> ContainerSpec:
 
 
 def _port(container: Mapping[str, Any], path: str, fw: _Framework) -> int:
-    """The port named `pytorchjob-port` / `tfjob-port`, else the operator's default."""
+    """The first port named `pytorchjob-port` / `tfjob-port`, else the operator's default."""
+    found: int | None = None
     for i, entry in enumerate(c.items(container, "ports", path)):
         ppath = c.join(c.join(path, "ports"), i)
         if not isinstance(entry, Mapping):
@@ -193,9 +232,9 @@ def _port(container: Mapping[str, Any], path: str, fw: _Framework) -> int:
         port = c.integer(entry, "containerPort", ppath, minimum=1)
         if port is None:
             raise SpecError(c.join(ppath, "containerPort"), "required (an integer)")
-        if entry.get("name") == fw.port_name:
-            return port
-    return fw.default_port
+        if entry.get("name") == fw.port_name and found is None:
+            found = port
+    return fw.default_port if found is None else found
 
 
 def _run_policy(spec: Mapping[str, Any]) -> RunPolicy:
@@ -229,7 +268,7 @@ def _elastic_policy(spec: Mapping[str, Any], replica_specs: Mapping[str, Any]) -
     path = "spec.elasticPolicy"
     c.reject_unknown(ep, _ELASTIC_FIELDS, path, "elasticPolicy")
     if "Worker" not in replica_specs:
-        raise SpecError("spec.pytorchReplicaSpecs.Worker", "required when elasticPolicy is set")
+        raise SpecError(c.key("spec.pytorchReplicaSpecs", "Worker"), "required when elasticPolicy is set")
     if ep.get("nProcPerNode") is not None and spec.get("nprocPerNode") is not None:
         raise SpecError(c.join(path, "nProcPerNode"), "must not be set together with spec.nprocPerNode")
     low = c.integer(ep, "minReplicas", path, minimum=1)
