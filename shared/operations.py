@@ -54,8 +54,13 @@ def submit_or_adopt(
     labels: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
     upstream_mlflow_run_id: str | None = None,
+    known_id: str | None = None,
 ) -> Submission:
     """Adopt what runs or succeeded under `key`; otherwise submit a new attempt.
+
+    `known_id` is the backend id the caller remembered from an earlier try (Airflow's task state
+    store): when it still exists under `key` it counts even if `find(key)`, which a backend may
+    answer from an eventually consistent list, misses it; the newer attempt of the two wins.
 
     The MLflow run is opened (or adopted, by key and attempt) before anything is submitted, so the
     work gets the hand-off variables from its first line on. `upstream_mlflow_run_id` (the previous
@@ -64,7 +69,8 @@ def submit_or_adopt(
     from shared.mlflow_handoff import open_parent_run, resolve_tracking_uri, set_remote_tags
 
     labels = dict(labels or {})
-    existing = call_with_retries(backend.find, key, spec.kind)
+    candidates = (_remembered(backend, known_id, key), call_with_retries(backend.find, key, spec.kind))
+    existing = max((h for h in candidates if h is not None), key=lambda h: h.attempt, default=None)
     attempt = 1
     adopt = False
     if existing is not None:
@@ -92,6 +98,19 @@ def submit_or_adopt(
     if parent is not None:
         set_remote_tags(parent, handle=handle.to_dict())
     return Submission(handle=handle, adopted=adopt, mlflow=parent.context() if parent else {})
+
+
+def _remembered(backend: Backend, known_id: str | None, key: str) -> Handle | None:
+    """The handle of `known_id` when it still exists and belongs to `key`, else None."""
+    from shared.errors import NotFound
+
+    if not known_id:
+        return None
+    try:
+        handle = call_with_retries(backend.get, known_id)
+    except NotFound:
+        return None
+    return handle if handle.key == key else None
 
 
 async def wait_for(
@@ -188,6 +207,7 @@ async def run_async(
     on_submitted: Callable[[Submission], None] | None = None,
     on_status: Callable[[Status], None] | None = None,
     on_log: Callable[[str], None] | None = None,
+    known_id: str | None = None,
 ) -> Outcome:
     """Submit or adopt, follow the logs, wait with the deadline, end the MLflow run: one task's life."""
     deadline = None if timeout is None else time.time() + timeout
@@ -199,6 +219,7 @@ async def run_async(
         mlflow_tracking_uri=mlflow_tracking_uri,
         labels=labels,
         upstream_mlflow_run_id=upstream_mlflow_run_id,
+        known_id=known_id,
     )
     if on_submitted is not None:
         on_submitted(submission)

@@ -1,0 +1,313 @@
+"""The glue every Kubeflow operator shares; the rules themselves are the core's (`shared.operations`).
+
+One task try:
+1. the spec is resolved and validated (a bad field fails the task before anything is submitted);
+2. `submit_or_adopt` with the key (dag_id, task_id, run_id, map_index), preferring the remote id the
+   task state store (Airflow 3.3+) remembers from an earlier try: a retry adopts running or
+   succeeded work, and submits a new attempt after a remote failure;
+3. ids, URLs and the MLflow run id go to XCom at once, before any waiting;
+4. sync: wait with the work's log in the task log (a timeout or a kill calls `on_kill`, which
+   cancels); deferrable: hand the wait to `KubeflowRunTrigger` with the absolute deadline
+   `ti.start_date + execution_timeout`, and on resume fail or finish in `execute_complete`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.configuration import conf
+from airflow.sdk.exceptions import AirflowException
+
+from airflow_provider.connection import DEFAULT_CONN_ID, ConnectionOptions
+from airflow_provider.hooks.kubeflow import KubeflowHook
+from airflow_provider.links import XCOM_MLFLOW_RUN_URL
+from shared.status import Kind
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from shared.backends.base import Backend
+    from shared.operations import Submission
+    from shared.specs import Spec
+    from shared.status import Handle, Status
+
+STATE_STORE_KEY = "kubeflow_remote_id"  # renaming it breaks adoption by in-flight retries
+DEFER_TIMEOUT_MARGIN = 60.0  # the framework backstop fires this long after our own deadline
+RESUME_LOG_LINES = 2000  # deferrable mode prints at most this many last log lines on resume
+
+
+def own_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The parameters given to the task itself.
+
+    Airflow merges the DAG's `params` into every operator's; those are for templates, not for the
+    spec (a pipeline would reject parameters it does not declare). `ParamsDict` records the source.
+    """
+    if not params:
+        return {}
+    get_param = getattr(params, "get_param", None)
+    if get_param is None:
+        return dict(params)
+    return {name: params[name] for name in params if getattr(get_param(name), "source", None) != "dag"}
+
+
+def raise_for_status(handle: Handle, status: Status) -> None:
+    """Fail the task unless the work succeeded, with the work's own message."""
+    if status.state.value != "SUCCEEDED":
+        what = f"{handle.resource or handle.kind.value} {handle.name} ({handle.id})"
+        raise AirflowException(f"{what} ended {status.state.value}: {status.message or status.raw_state}")
+
+
+class KubeflowBaseOperator(BaseOperator):
+    """Submit (or adopt) one piece of Kubeflow work and wait for it.
+
+    :param spec: a manifest file path (relative to the DAG file), a manifest mapping, or for
+        pipelines a pipeline function or `package.module:function`. Templated.
+    :param params: values for `${params.NAME}` in a manifest, or the pipeline's parameters. Templated.
+    :param name: overrides the work's `metadata.name`. Templated.
+    :param kubeflow_conn_id: the `kubeflow` connection; `kubeflow_default` (the default) means the
+        local backend when no such connection exists.
+    :param upstream_mlflow_run_id: the MLflow run of the previous task, recorded on this task's run
+        so the lineage continues. Templated.
+    :param deferrable: wait in the triggerer instead of a worker slot.
+    :param cancel_on_kill: cancel the work when the task is killed or times out.
+    """
+
+    kind: ClassVar[Kind]
+    resource: ClassVar[str | None] = None  # PyTorchJob / TFJob for the training-job operators
+    template_fields = ("spec", "spec_params", "spec_name", "upstream_mlflow_run_id")
+    template_fields_renderers = {"spec": "json", "spec_params": "json"}
+    ui_color = "#d6e4f5"
+
+    def __init__(
+        self,
+        *,
+        spec: Any,
+        params: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        kubeflow_conn_id: str = DEFAULT_CONN_ID,
+        upstream_mlflow_run_id: str | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        cancel_on_kill: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(params=params, **kwargs)
+        self.spec = spec
+        self.spec_params = own_params(params)
+        self.spec_name = name
+        self.kubeflow_conn_id = kubeflow_conn_id
+        self.upstream_mlflow_run_id = upstream_mlflow_run_id
+        self.deferrable = deferrable
+        self.cancel_on_kill = cancel_on_kill
+        self._backend: Backend | None = None
+        self._submission: Submission | None = None
+
+    # ------------------------------------------------------------------ preparing a try
+
+    def _options(self) -> ConnectionOptions:
+        return KubeflowHook(self.kubeflow_conn_id).options
+
+    def _resolve_spec(self) -> Spec:
+        import os
+
+        from airflow_provider.specs import resolve_spec
+
+        base_dir = os.path.dirname(os.path.abspath(self.dag.fileloc)) if self.has_dag() else os.getcwd()
+        spec = resolve_spec(self.kind, self.spec, params=self.spec_params, name=self.spec_name, base_dir=base_dir)
+        if self.resource and getattr(spec, "resource", None) != self.resource:
+            raise AirflowException(f"kind: {type(self).__name__} runs {self.resource} manifests, got {spec.resource}")
+        return spec
+
+    @staticmethod
+    def _key(context: Context) -> str:
+        from shared.operations import task_key
+
+        ti = context["ti"]
+        return task_key(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
+
+    @staticmethod
+    def _labels(context: Context) -> dict[str, str]:
+        ti = context["ti"]
+        return {
+            "scheduler": "airflow",
+            "airflow.dag_id": ti.dag_id,
+            "airflow.task_id": ti.task_id,
+            "airflow.run_id": ti.run_id,
+            "airflow.map_index": str(ti.map_index),
+            "airflow.try_number": str(ti.try_number),
+        }
+
+    def _deadline(self, context: Context) -> float | None:
+        """`ti.start_date + execution_timeout` as epoch seconds: the same in every process."""
+        if not self.execution_timeout:
+            return None
+        start = getattr(context["ti"], "start_date", None)
+        started = start.timestamp() if start is not None else time.time()
+        return started + self.execution_timeout.total_seconds()
+
+    # ------------------------------------------------------------------ execute
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from shared.mlflow_handoff import resolve_tracking_uri
+        from shared.operations import finish, run_async, submit_or_adopt
+
+        spec = self._resolve_spec()
+        options = self._options()
+        backend = self._backend = KubeflowHook.backend_for(options)
+        store = context.get("task_state_store")
+        common = {
+            "mlflow_tracking_uri": resolve_tracking_uri(options.mlflow_tracking_uri),
+            "upstream_mlflow_run_id": self.upstream_mlflow_run_id or None,
+            "labels": self._labels(context),
+            "known_id": store.get(STATE_STORE_KEY) if store is not None else None,
+        }
+        key = self._key(context)
+        if self.deferrable:
+            submission = submit_or_adopt(backend, spec, key, **common)
+            status = self._submitted(context, options, submission)
+            if not status.terminal:
+                self._defer(context, submission)
+            finish(submission, status)
+            return self._complete(context, submission.handle, status)
+
+        outcome = asyncio.run(
+            run_async(
+                backend,
+                spec,
+                key,
+                **common,
+                on_submitted=lambda submission: self._submitted(context, options, submission),
+                on_status=self._log_status,
+                on_log=lambda line: self.log.info("| %s", line),
+            )
+        )
+        return self._complete(context, outcome.submission.handle, outcome.status)
+
+    def _log_status(self, status: Status) -> None:
+        self.log.info("%s%s", status.state.value, f" ({status.raw_state})" if status.raw_state else "")
+
+    def _submitted(self, context: Context, options: ConnectionOptions, submission: Submission) -> Status:
+        """Remember the work (task state store, XCom) before any waiting; its current status."""
+        assert self._backend is not None
+        self._submission = submission
+        handle = submission.handle
+        status = self._backend.status(handle)
+        store = context.get("task_state_store")
+        if store is not None:
+            store.set(STATE_STORE_KEY, handle.id)
+        verb = "adopted" if submission.adopted else "submitted"
+        self.log.info("%s %s %s as %s (attempt %s)", verb, handle.resource, handle.name, handle.id, handle.attempt)
+        values = {
+            "remote_id": handle.id,
+            "name": handle.name,
+            "namespace": handle.namespace,
+            "url": handle.url,
+            "attempt": handle.attempt,
+            "adopted": submission.adopted,
+            "state": status.state.value,
+            "mlflow_run_id": submission.mlflow_run_id,
+            "mlflow_experiment_id": submission.mlflow.get("experiment_id"),
+        }
+        links = {
+            XCOM_MLFLOW_RUN_URL: options.mlflow_run_url(submission.mlflow.get("experiment_id"), submission.mlflow_run_id),
+            **self._link_values(options, handle),
+        }
+        ti = context["ti"]
+        for key, value in values.items():
+            if value is not None:
+                ti.xcom_push(key=key, value=value)
+        for key, url in links.items():  # "" when there is no page: the link reads its key, not an error
+            ti.xcom_push(key=key, value=url or "")
+        if submission.mlflow_run_id:
+            self.log.info("MLflow run %s", submission.mlflow_run_id)
+        return status
+
+    def _link_values(self, options: ConnectionOptions, handle: Handle) -> dict[str, str | None]:
+        """Kind-specific link URLs to push (see the subclasses)."""
+        return {}
+
+    def _output_xcoms(self, outputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Kind-specific outputs to push under their own keys (see the subclasses)."""
+        return {}
+
+    def _complete(self, context: Context, handle: Handle, status: Status) -> dict[str, Any]:
+        ti = context["ti"]
+        ti.xcom_push(key="state", value=status.state.value)
+        for key, value in self._output_xcoms(status.outputs).items():
+            ti.xcom_push(key=key, value=value)
+        raise_for_status(handle, status)
+        mlflow = self._submission.mlflow_run_id if self._submission else None
+        return {**handle.to_dict(), **status.to_dict(), "mlflow_run_id": mlflow}
+
+    # ------------------------------------------------------------------ deferrable
+
+    def _defer(self, context: Context, submission: Submission) -> None:
+        from airflow_provider.triggers.kubeflow import KubeflowRunTrigger
+
+        deadline = self._deadline(context)
+        backstop = None if deadline is None else timedelta(seconds=max(deadline - time.time(), 0) + DEFER_TIMEOUT_MARGIN)
+        self.log.info("deferring until %s %s is done", submission.handle.resource, submission.handle.id)
+        self.defer(
+            trigger=KubeflowRunTrigger(
+                handle=submission.handle.to_dict(), kubeflow_conn_id=self.kubeflow_conn_id, deadline=deadline
+            ),
+            method_name="execute_complete",
+            kwargs={
+                "adopted": submission.adopted,
+                "mlflow_run_id": submission.mlflow_run_id,
+                "mlflow_experiment_id": submission.mlflow.get("experiment_id"),
+            },
+            timeout=backstop,
+        )
+
+    def execute_complete(
+        self,
+        context: Context,
+        event: dict[str, Any],
+        adopted: bool = False,
+        mlflow_run_id: str | None = None,
+        mlflow_experiment_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Resume after the trigger: print the work's log, end the MLflow run, fail or finish."""
+        from shared.mlflow_handoff import resolve_tracking_uri
+        from shared.operations import Submission, finish
+        from shared.status import Handle, State, Status
+
+        options = self._options()
+        backend = self._backend = KubeflowHook.backend_for(options)
+        handle = Handle.from_dict(event["handle"])
+        uri = resolve_tracking_uri(options.mlflow_tracking_uri)
+        mlflow = {"tracking_uri": uri, "run_id": mlflow_run_id, "experiment_id": mlflow_experiment_id or ""}
+        self._submission = Submission(handle, adopted, mlflow if uri and mlflow_run_id else {})
+        for line in deque(backend.logs(handle), maxlen=RESUME_LOG_LINES):
+            self.log.info("| %s", line)
+        if event["event"] == "error":
+            raise AirflowException(f"waiting for {handle.resource} {handle.id} failed: {event['message']}")
+        if event["event"] == "timeout":
+            status = backend.cancel(handle)  # the trigger cancelled already; this re-checks the end state
+            if status.state is not State.SUCCEEDED:  # it may have succeeded just before the deadline
+                finish(self._submission, Status(State.CANCELLED, status.raw_state, event["message"], status.outputs))
+                raise AirflowException(f"execution_timeout: {event['message']}")
+        else:
+            status = Status.from_dict(event["status"])
+        self._log_status(status)
+        finish(self._submission, status)
+        return self._complete(context, handle, status)
+
+    # ------------------------------------------------------------------ kill
+
+    def on_kill(self) -> None:
+        """A killed or timed-out task cancels its work (sync mode; deferred tasks: the trigger's on_kill)."""
+        if not self.cancel_on_kill or self._submission is None or self._backend is None:
+            return
+        from shared.operations import finish
+
+        handle = self._submission.handle
+        status = self._backend.cancel(handle)
+        self.log.info("cancelled %s %s: %s", handle.resource, handle.id, status.state.value)
+        finish(self._submission, status)

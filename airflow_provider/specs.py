@@ -1,0 +1,76 @@
+"""From an operator's `spec=` argument (after templating) to a validated core spec.
+
+Accepted: a file path (relative paths resolve against the DAG file's folder), a manifest mapping,
+and for pipelines also a pipeline function or a `package.module:function` string. Parsing and
+validation are the core's (`shared.specs`); this module only chooses which entry point to call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from shared.errors import SpecError
+from shared.specs import Spec, load_spec
+from shared.specs.builders import pipeline_run
+from shared.specs.common import load_document
+from shared.specs.pipeline import is_compiled_pipeline
+from shared.status import Kind
+
+SpecArg = str | os.PathLike[str] | Mapping[str, Any] | Callable[..., Any]
+
+
+def pipeline_reference(func: Callable[..., Any]) -> str:
+    """`module:function` of a KFP pipeline (a `@dsl.pipeline` object or its function).
+
+    The work runs in another process (the local supervisor, a cluster), which imports it by name:
+    a pipeline defined inside a DAG file has no importable name, so it is refused here.
+    """
+    inner = getattr(func, "pipeline_func", func)
+    module, name = getattr(inner, "__module__", None), getattr(inner, "__qualname__", "")
+    if not module or module == "__main__" or module.startswith("unusual_prefix_") or "." in name or "<" in name:
+        raise SpecError("spec", f"pipeline {name or func!r} must be a top-level function of an importable module")
+    return f"{module}:{name}"
+
+
+def resolve_spec(
+    kind: Kind,
+    spec: SpecArg,
+    *,
+    params: Mapping[str, Any] | None,
+    name: str | None,
+    base_dir: str,
+) -> Spec:
+    """A validated spec of `kind`; errors are `SpecError`s naming the field, raised before submission."""
+    params = {str(k): _text(v) for k, v in (params or {}).items()}
+    if callable(spec) and not isinstance(spec, Mapping):
+        if kind is not Kind.PIPELINE:
+            raise SpecError("spec", "a function is accepted for pipelines only")
+        return pipeline_run(pipeline_reference(spec), name=name, parameters=params, base_dir=base_dir)
+    if isinstance(spec, Mapping):
+        return load_spec(_renamed(spec, name), kind=kind, params=params, base_dir=base_dir)
+    if not isinstance(spec, str | os.PathLike):
+        raise SpecError("spec", f"expected a file path, a mapping or a pipeline function, got {type(spec).__name__}")
+    text = os.fspath(spec).strip()
+    if kind is Kind.PIPELINE and ":" in text and not text.endswith((".yaml", ".yml", ".json")):
+        return pipeline_run(text, name=name, parameters=params, base_dir=base_dir)
+    path = os.path.join(base_dir, os.path.expanduser(text))
+    if name is None:
+        return load_spec(path, kind=kind, params=params)
+    document = load_document(path)
+    if is_compiled_pipeline(document):
+        return pipeline_run(path, name=name, parameters=params, base_dir=os.path.dirname(path))
+    return load_spec(_renamed(document, name), kind=kind, params=params, base_dir=os.path.dirname(path))
+
+
+def _renamed(manifest: Mapping[str, Any], name: str | None) -> dict[str, Any]:
+    doc = dict(manifest)
+    if name is not None:
+        doc["metadata"] = {**(doc.get("metadata") or {}), "name": name}
+    return doc
+
+
+def _text(value: Any) -> str:
+    """Parameters reach `${params.NAME}` as text, like the CLI's `--param NAME=VALUE`."""
+    return value if isinstance(value, str) else str(value)

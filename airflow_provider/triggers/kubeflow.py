@@ -1,0 +1,110 @@
+"""KubeflowRunTrigger: waits in the triggerer for one run or job, through the core's shared watchers.
+
+It serialises only the remote handle (ids, no secret), the connection id and the absolute deadline,
+so a restarted or another triggerer resumes it; credentials are read from the connection when it
+runs. Every backend call is either async (`watch`) or sent to a thread, so the event loop is never
+blocked. `cleanup` never cancels (it runs on triggerer restarts too); `on_kill` (Airflow 3.3+, a
+user marking the task failed/success or clearing it) cancels, best effort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider.connection import DEFAULT_CONN_ID
+
+ON_KILL_CANCEL_TIMEOUT = 20.0  # inside Airflow's [triggerer] on_kill_timeout (30 s)
+
+
+class KubeflowRunTrigger(BaseTrigger):
+    """Yield one event when the work is terminal (`success`/`failed`), its deadline passed (`timeout`,
+    the work cancelled), or waiting broke (`error`).
+
+    :param handle: `Handle.to_dict()` of the work.
+    :param kubeflow_conn_id: the connection to reach the backend with.
+    :param deadline: wall-clock time (epoch seconds) at which the work is cancelled, or None.
+    :param cancel_on_kill: cancel the work when the user kills the deferred task (False for sensors,
+        which wait on work they did not start).
+    """
+
+    def __init__(
+        self,
+        handle: dict[str, Any],
+        kubeflow_conn_id: str = DEFAULT_CONN_ID,
+        deadline: float | None = None,
+        cancel_on_kill: bool = True,
+    ) -> None:
+        super().__init__()
+        self.handle = handle
+        self.kubeflow_conn_id = kubeflow_conn_id
+        self.deadline = deadline
+        self.cancel_on_kill = cancel_on_kill
+        self._backend: Any = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "handle": self.handle,
+                "kubeflow_conn_id": self.kubeflow_conn_id,
+                "deadline": self.deadline,
+                "cancel_on_kill": self.cancel_on_kill,
+            },
+        )
+
+    async def _get_backend(self) -> Any:
+        """One backend per trigger (its clients are reused for every call)."""
+        if self._backend is None:
+            from airflow_provider.hooks.kubeflow import KubeflowHook
+
+            options = await KubeflowHook(self.kubeflow_conn_id).aoptions()
+            self._backend = await asyncio.to_thread(KubeflowHook.backend_for, options)
+        return self._backend
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from shared.errors import DeadlineExceeded, KubeflowTasksError
+        from shared.operations import wait_for
+        from shared.status import Handle, Status
+
+        handle = Handle.from_dict(self.handle)
+        seen: set[tuple[str, str]] = set()
+
+        def progress(status: Status) -> None:
+            if (status.state.value, status.raw_state) not in seen:
+                seen.add((status.state.value, status.raw_state))
+                self.log.info("%s %s: %s %s", handle.resource, handle.id, status.state.value, status.raw_state)
+
+        try:
+            backend = await self._get_backend()
+            status = await wait_for(backend, handle, deadline=self.deadline, on_status=progress)
+        except DeadlineExceeded as exc:
+            final = exc.status.to_dict() if isinstance(exc.status, Status) else None
+            yield TriggerEvent(self._event("timeout", str(exc), final))
+            return
+        except KubeflowTasksError as exc:
+            yield TriggerEvent(self._event("error", str(exc), None))
+            return
+        outcome = "success" if status.state.value == "SUCCEEDED" else "failed"
+        yield TriggerEvent(self._event(outcome, status.message, status.to_dict()))
+
+    def _event(self, outcome: str, message: str, status: dict[str, Any] | None) -> dict[str, Any]:
+        # The handle id makes the payload unique: HA triggerers may run the same trigger twice.
+        return {"event": outcome, "message": message, "handle": self.handle, "status": status}
+
+    async def on_kill(self) -> None:
+        if not self.cancel_on_kill:
+            return
+        from shared.status import Handle
+
+        backend = await self._get_backend()
+        handle = Handle.from_dict(self.handle)
+        try:
+            status = await asyncio.wait_for(asyncio.to_thread(backend.cancel, handle), ON_KILL_CANCEL_TIMEOUT)
+        except Exception as exc:  # best effort: the task is being killed anyway
+            self.log.warning("could not cancel %s %s: %s", handle.resource, handle.id, exc)
+            return
+        self.log.info("cancelled %s %s: %s", handle.resource, handle.id, status.state.value)

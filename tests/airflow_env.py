@@ -1,0 +1,220 @@
+"""An isolated Airflow for tests: its own AIRFLOW_HOME, SQLite database and DAG folder.
+
+Every Airflow command of a test runs as a real subprocess (`python -m airflow ...`) with the
+environment built here, so nothing leaks between tests or into the user's ~/airflow.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class AirflowEnv:
+    home: Path
+    dags_folder: Path
+    state_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "airflow.db"
+
+    def env(self) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",  # LocalExecutor starts this many workers
+            "AIRFLOW__API_AUTH__JWT_SECRET": "kubeflow-tasks-tests-only",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "KUBEFLOW_TASKS_STATE_DIR": str(self.state_dir),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+            **self.extra_env,
+        }
+        return env
+
+    def set_connection(self, conn_id: str, conn_type: str, extra: Mapping[str, Any], **fields: str) -> None:
+        """A connection through the standard AIRFLOW_CONN_<ID> variable (JSON form)."""
+        self.extra_env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps({"conn_type": conn_type, "extra": dict(extra), **fields})
+
+    def airflow(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"airflow {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+        return proc
+
+    def start(self, *args: str, log_name: str) -> subprocess.Popen[bytes]:
+        """A long-running Airflow process (triggerer, dags test) in its own session, output to a file."""
+        out = open(self.home / log_name, "wb")  # noqa: SIM115 - closed by stop()
+        return subprocess.Popen(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.env(),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self, log_name: str) -> str:
+        path = self.home / log_name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def migrate(self) -> None:
+        self.airflow("db", "migrate", timeout=300)
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.db_path) as db:
+            return db.execute(sql, params).fetchall()
+
+    def xcoms(self, dag_id: str, task_id: str) -> dict[str, Any]:
+        """The newest run's XComs of a task, as {key: value} (values are stored as JSON)."""
+        rows = self.query(
+            "SELECT key, value FROM xcom WHERE dag_id = ? AND task_id = ? ORDER BY timestamp",
+            dag_id,
+            task_id,
+        )
+        return {key: _json(value) for key, value in rows}
+
+    def task_states(self, dag_id: str) -> dict[str, str]:
+        return dict(self.query("SELECT task_id, state FROM task_instance WHERE dag_id = ?", dag_id))
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
+    """SIGTERM the process's session, then SIGKILL what is left after `grace` seconds.
+
+    The whole group, even when the leader has exited: `dags test --use-executor` can leave idle
+    LocalExecutor workers behind.
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(5)
+
+
+def run_to_end(env: AirflowEnv, *args: str, log_name: str, timeout: float = 300) -> tuple[int, str]:
+    """Run an Airflow command in its own session to its end; (exit code, output).
+
+    Output goes to a file, not a pipe: processes it leaves behind would hold a pipe open.
+    """
+    proc = env.start(*args, log_name=log_name)
+    try:
+        code = proc.wait(timeout)
+    finally:
+        stop(proc)
+    return code, env.log(log_name)
+
+
+@functools.cache
+def _migrated_db() -> Path:
+    """One `airflow db migrate` per test session (about 15 s); every test copies the result."""
+    home = Path(tempfile.mkdtemp(prefix="kft-airflow-template-"))
+    AirflowEnv(home, home / "dags", home / "state").migrate()
+    return home / "airflow.db"
+
+
+def new_airflow(root: Path, dags_folder: Path | None = None, **extra_env: str) -> AirflowEnv:
+    """A migrated Airflow under `root` (its own database copy), reading DAGs from `dags_folder`."""
+    home = root / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(_migrated_db(), home / "airflow.db")
+    dags = dags_folder or root / "dags"
+    dags.mkdir(parents=True, exist_ok=True)
+    return AirflowEnv(home, dags, root / "state", dict(extra_env))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def triggerer_and_api_server(env: AirflowEnv) -> Iterator[str]:
+    """A separate `airflow triggerer` and the `airflow api-server` that executor workers report to.
+
+    With them, `airflow dags test --use-executor` runs tasks through the LocalExecutor and leaves
+    deferred tasks to the triggerer process, as a deployment does (plain `dags test` runs
+    triggers inline, in its own process). Yields the api-server's URL; its public API needs no
+    login here (simple auth manager, everyone admin), so a test can act as a user would.
+    """
+    port = free_port()
+    env.extra_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
+    env.extra_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
+    triggerer = env.start("triggerer", log_name="triggerer.log")
+    api = env.start("api-server", "--host", "127.0.0.1", "--port", str(port), log_name="api-server.log")
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2):
+                return True
+        except OSError:
+            if api.poll() is not None:
+                raise AssertionError(f"api-server exited: {env.log('api-server.log')[-3000:]}") from None
+            return False
+
+    try:
+        wait_until(healthy, 180, "the api-server to answer")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(triggerer)
+        stop(api)
