@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= local,torch,dev,dolphinscheduler
+EXTRAS ?= all
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench install clean
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m dags.commodity.demo
+	PYTHON=$(abspath $(PY)) ./dags/run_airflow_demo.sh
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
