@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from waiting import wait_until
 
 from shared.backends.local import procs
 from shared.backends.local.store import Store
@@ -73,16 +74,6 @@ class Cli:
     def finish(self, timeout: float = 60) -> tuple[int, dict]:
         out, _ = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, json.loads(out) if out.strip() else {}
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def started(tmp_path: Path) -> list[tuple[int, int]]:

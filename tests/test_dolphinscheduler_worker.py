@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from waiting import wait_until
 
 from dolphinscheduler_tasks import PyTorchJob, offline
 from shared.backends.local import procs
@@ -62,16 +63,6 @@ def recorder_job(tmp_path: Path, args: list[str], workers: int = 0, **task_kwarg
 def starts(tmp_path: Path) -> list[int]:
     path = tmp_path / "starts"
     return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
-def wait_until(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def cli_status(run_id: str) -> dict:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from waiting import wait_until
 
 from shared.backends.local import procs
 from shared.backends.local.runner import RunContext
@@ -79,13 +80,6 @@ def assert_gone(pid_list: list[int]) -> None:
     for pid in pid_list:
         assert not procs.pid_alive(pid), pid
         assert not procs.group_alive(pid), pid
-
-
-def wait_until(condition, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- distributed PyTorch
