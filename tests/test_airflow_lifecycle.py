@@ -180,6 +180,15 @@ def test_marking_a_deferred_task_failed_cancels_its_work(executor_airflow: tuple
     run = env.start("dags", "test", "kft_mark_failed", "-c", conf(tmp_path), "--use-executor", log_name="marked.log")
     try:
         wait_until(lambda: env.task_states("kft_mark_failed") == {"marked": "deferred"}, 120, "the task to defer")
+        # Only a trigger that a triggerer runs can get on_kill: wait until one has picked it up.
+        wait_until(
+            lambda: env.query(
+                "SELECT t.triggerer_id FROM task_instance ti JOIN trigger t ON ti.trigger_id = t.id"
+                " WHERE ti.dag_id = 'kft_mark_failed' AND t.triggerer_id IS NOT NULL"
+            ),
+            120,
+            "the triggerer to pick up the trigger",
+        )
         (run_id,), = env.query("SELECT run_id FROM dag_run WHERE dag_id = 'kft_mark_failed'")
         url = f"{api}/api/v2/dags/kft_mark_failed/dagRuns/{quote(run_id, safe='')}/taskInstances/marked"
         request = urllib.request.Request(
