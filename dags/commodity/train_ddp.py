@@ -4,7 +4,8 @@ Runs unchanged on a cluster and on the local backend: the process group is initi
 variables the training operator injects (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK) with the gloo
 backend on CPU. Started without them (plain `python train_ddp.py ...`), it trains as a world of one.
 
-Model: the next day's price from the last 7 prices (normalised), a small MLP trained with
+Model: the next day's change from the last 7 prices, each taken relative to the last known price
+and scaled (so a trending series needs no extrapolation, as in trial.py), a small MLP trained with
 DistributedDataParallel, each rank on its shard of the training windows (DistributedSampler); the
 last 20% of the windows are held out. `--num-estimators` is the number of epochs: the pipeline and
 the Katib experiment share one parameter name across models, and for this network "how many
@@ -56,18 +57,23 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def load_windows(path: str) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """(features, targets, mean, std): every 7-day window of normalised prices and the day after."""
+def load_windows(path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(features, targets, last, scale) for every 7-day window and the day after it.
+
+    Features are the window's prices minus its last price, the target is the next price minus the
+    last price, both divided by `scale` (the spread of daily changes); a prediction is
+    `last + model(features) * scale`.
+    """
     with open(path, newline="") as handle:
         prices = [float(row["price"]) for row in csv.DictReader(handle)]
     if len(prices) <= WINDOW + 1:
         raise SystemExit(f"{path}: need more than {WINDOW + 1} prices, got {len(prices)}")
     series = torch.tensor(prices, dtype=torch.float32)
-    mean, std = series.mean().item(), series.std().item() or 1.0
-    series = (series - mean) / std
-    features = series.unfold(0, WINDOW, 1)[:-1]
-    targets = series[WINDOW:].unsqueeze(1)
-    return features, targets, mean, std
+    windows = series.unfold(0, WINDOW, 1)[:-1]
+    last = windows[:, -1:]
+    changes = series[WINDOW:].unsqueeze(1) - last
+    scale = changes.std().item() or 1.0
+    return (windows - last) / scale, changes / scale, last, scale
 
 
 def main() -> None:
@@ -75,7 +81,7 @@ def main() -> None:
     rank, world = init_distributed()
     torch.manual_seed(0)
 
-    features, targets, mean, std = load_windows(args.data)
+    features, targets, last, scale = load_windows(args.data)
     split = int(len(features) * (1 - VALIDATION_FRACTION))
     train = TensorDataset(features[:split], targets[:split])
     sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=0)
@@ -108,8 +114,8 @@ def main() -> None:
 
     if rank == 0:
         with torch.no_grad():
-            predicted = model.module(features[split:]) * std + mean
-            actual = targets[split:] * std + mean
+            predicted = last[split:] + model.module(features[split:]) * scale
+            actual = last[split:] + targets[split:] * scale
             val_rmse = math.sqrt(torch.mean((predicted - actual) ** 2).item())
         print(f"val_rmse={val_rmse:.6f}", flush=True)
         if tracker:
