@@ -20,7 +20,8 @@ from pathlib import Path
 
 from shared.backends.base import SubmitContext
 from shared.backends.local import LocalBackend
-from shared.specs import load_spec
+from shared.specs import ExperimentSpec, load_spec
+from shared.specs.builders import katib_experiment
 
 TRIAL = ["python", "-c", "print('loss=0.5')"]
 
@@ -36,31 +37,16 @@ def pytorchjob(name: str) -> dict:
     }
 
 
-def experiment(name: str, parallel: int, trials: int) -> dict:
-    return {
-        "apiVersion": "kubeflow.org/v1beta1",
-        "kind": "Experiment",
-        "metadata": {"name": name},
-        "spec": {
-            "objective": {"type": "minimize", "objectiveMetricName": "loss"},
-            "algorithm": {"algorithmName": "random"},
-            "parallelTrialCount": parallel,
-            "maxTrialCount": trials,
-            "maxFailedTrialCount": 0,
-            "parameters": [{"name": "x", "parameterType": "double", "feasibleSpace": {"min": "0", "max": "1"}}],
-            "trialTemplate": {
-                "primaryContainerName": "training",
-                "trialParameters": [{"name": "x", "reference": "x"}],
-                "trialSpec": {
-                    "apiVersion": "batch/v1",
-                    "kind": "Job",
-                    "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
-                        {"name": "training", "image": "python:3.11-slim", "command": TRIAL + ["${trialParameters.x}"]}
-                    ]}}},
-                },
-            },
-        },
-    }
+def experiment(name: str, parallel: int, trials: int) -> ExperimentSpec:
+    return katib_experiment(
+        name,
+        objective_metric="loss",
+        parameters={"x": ("double", 0, 1)},
+        trial_command=[*TRIAL, "${trialParameters.x}"],
+        max_trial_count=trials,
+        parallel_trial_count=parallel,
+        max_failed_trial_count=0,
+    )
 
 
 def wait_terminal(backend: LocalBackend, handle) -> None:
@@ -87,7 +73,7 @@ def first_line(repeat: int) -> list[float]:
 def experiment_seconds(parallel: int, trials: int) -> float:
     with tempfile.TemporaryDirectory() as root:
         backend = LocalBackend(state_dir=root)
-        spec = load_spec(experiment(f"overhead-p{parallel}", parallel, trials))
+        spec = experiment(f"overhead-p{parallel}", parallel, trials)
         t0 = time.perf_counter()
         handle = backend.submit(spec, f"overhead-{parallel}", 1, SubmitContext())
         wait_terminal(backend, handle)
@@ -108,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=5, help="experiments per size; the median counts")
     args = parser.parse_args()
     delays = sorted(first_line(args.repeat))
     print(f"submit -> first replica line: median {statistics.median(delays) * 1000:.0f} ms, "
@@ -119,7 +106,9 @@ def main() -> None:
     # from the cost each further trial adds.
     small, large = args.trials, 3 * args.trials
     for parallel in (1, 3):
-        t_small, t_large = experiment_seconds(parallel, small), experiment_seconds(parallel, large)
+        # Medians of a few rounds: the fixed cost (importing hyperopt) varies by a few hundred ms.
+        t_small = statistics.median(experiment_seconds(parallel, small) for _ in range(args.rounds))
+        t_large = statistics.median(experiment_seconds(parallel, large) for _ in range(args.rounds))
         per_trial = (t_large - t_small) / (large - small)
         print(f"experiment, parallelTrialCount={parallel}: {per_trial * 1000:.0f} ms wall per added trial "
               f"({(per_trial - bare / parallel) * 1000:.0f} ms over the bare command's share); "

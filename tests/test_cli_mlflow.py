@@ -10,6 +10,8 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
+from shared.specs.builders import katib_experiment
+
 TRIAL = (
     "import os, sys; x = float(sys.argv[1]);"
     "open(os.path.join(sys.argv[2], os.environ['KATIB_TRIAL_NAME']), 'w').write(os.environ['MLFLOW_RUN_ID']);"
@@ -32,32 +34,16 @@ def run_cli(*args: str) -> tuple[int, dict, str]:
 def test_experiment_gets_a_parent_run_with_one_nested_run_per_trial(tmp_path: Path, state_dir, mlflow_server):
     seen = tmp_path / "seen"
     seen.mkdir()
-    manifest = {
-        "apiVersion": "kubeflow.org/v1beta1",
-        "kind": "Experiment",
-        "metadata": {"name": "mlflow-e2e"},
-        "spec": {
-            "objective": {"type": "minimize", "objectiveMetricName": "loss"},
-            "algorithm": {"algorithmName": "random", "algorithmSettings": [{"name": "random_state", "value": "3"}]},
-            "parallelTrialCount": 2,
-            "maxTrialCount": 4,
-            "maxFailedTrialCount": 1,
-            "parameters": [{"name": "x", "parameterType": "double", "feasibleSpace": {"min": "0", "max": "1"}}],
-            "trialTemplate": {
-                "primaryContainerName": "training",
-                "trialParameters": [{"name": "x", "reference": "x"}],
-                "trialSpec": {
-                    "apiVersion": "batch/v1",
-                    "kind": "Job",
-                    "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{
-                        "name": "training",
-                        "image": "python:3.11-slim",
-                        "command": ["python", "-c", TRIAL, "${trialParameters.x}", str(seen)],
-                    }]}}},
-                },
-            },
-        },
-    }
+    manifest = katib_experiment(
+        "mlflow-e2e",
+        objective_metric="loss",
+        parameters={"x": ("double", 0, 1)},
+        trial_command=["python", "-c", TRIAL, "${trialParameters.x}", str(seen)],
+        algorithm_settings={"random_state": "3"},
+        parallel_trial_count=2,
+        max_trial_count=4,
+        max_failed_trial_count=1,
+    ).manifest
     spec = tmp_path / "experiment.yaml"
     spec.write_text(yaml.safe_dump(manifest))
 
