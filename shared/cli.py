@@ -151,7 +151,7 @@ def resolve_target(backend, args: argparse.Namespace) -> Handle:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from shared.durations import parse_duration
-    from shared.operations import new_key
+    from shared.keys import new_key
     from shared.specs import load_spec
 
     params = parse_params(args.param)

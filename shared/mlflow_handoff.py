@@ -14,7 +14,6 @@ task whose work succeeded, so those calls log a warning (with secrets redacted) 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from shared.errors import BackendError, TransientError
+from shared.keys import key_digest
 from shared.retry import is_transient
 from shared.status import State
 
@@ -201,11 +201,6 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     return experiment.experiment_id
 
 
-def _key_hash(key: str) -> str:
-    """The key as hex: MLflow's search filter has no escape for quotes, and keys may contain any."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 def open_parent_run(
     tracking_uri: str,
     *,
@@ -231,7 +226,7 @@ def open_parent_run(
             experiment_id = _experiment_id(client, experiment_name)
             runs = client.search_runs(
                 [experiment_id],
-                filter_string=f"tags.`{KEY_HASH_TAG}` = '{_key_hash(key)}'",
+                filter_string=f"tags.`{KEY_HASH_TAG}` = '{key_digest(key)}'",
                 order_by=["attributes.start_time DESC"],
                 max_results=100,
             )
@@ -242,7 +237,7 @@ def open_parent_run(
                 adopted = next((run for run in runs if run.data.tags.get(ATTEMPT_TAG) == str(attempt)), None)
             if adopted is not None:
                 return ParentRun(tracking_uri, adopted.info.run_id, experiment_id)
-            run_tags = {**(tags or {}), KEY_TAG: key, KEY_HASH_TAG: _key_hash(key), RUN_NAME_TAG: run_name}
+            run_tags = {**(tags or {}), KEY_TAG: key, KEY_HASH_TAG: key_digest(key), RUN_NAME_TAG: run_name}
             if attempt is not None:
                 run_tags[ATTEMPT_TAG] = str(attempt)
             if runs:

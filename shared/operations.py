@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,16 +21,6 @@ from shared.errors import DeadlineExceeded
 from shared.retry import call_with_retries
 from shared.specs.model import Spec
 from shared.status import Handle, State, Status
-
-
-def new_key() -> str:
-    """A key for a one-off submission that nothing will try to adopt."""
-    return f"adhoc-{uuid.uuid4().hex}"
-
-
-def task_key(*parts: object) -> str:
-    """A key from a scheduler's identity of a task instance (e.g. dag_id, task_id, run_id, map_index)."""
-    return "/".join(str(p) for p in parts)
 
 
 @dataclass(frozen=True)

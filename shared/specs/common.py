@@ -19,6 +19,7 @@ from shared.errors import SpecError
 
 _MISSING: Any = object()
 _PARAM_RE = re.compile(r"\$\{params\.([^}]*)\}")
+DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # a Kubernetes DNS-1035 label (length checked apart)
 
 
 def join(path: str, key: str | int) -> str:
@@ -185,7 +186,7 @@ def reject_unknown(obj: Mapping[str, Any], allowed: Iterable[str], path: str, wh
 
 def check_name(value: str, path: str, *, max_len: int, rule: str) -> None:
     """DNS-1035 label style names: lower-case alphanumerics and '-', starting with a letter."""
-    if len(value) > max_len or not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", value):
+    if len(value) > max_len or not DNS_1035.fullmatch(value):
         raise SpecError(
             path,
             f"{value!r} is not a valid name: {rule} (lower-case letters, digits and '-', "

@@ -8,7 +8,7 @@ defaulting webhook's defaults to the stored manifest.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from shared.errors import SpecError
@@ -227,11 +227,7 @@ def _objective(spec: Mapping[str, Any]) -> ObjectiveSpec:
         )
     metrics = (metric, *extra)
     strategies: dict[str, str] = {}
-    for i, entry in enumerate(c.items(obj, "metricStrategies", path)):
-        spath = c.join(c.join(path, "metricStrategies"), i)
-        if not isinstance(entry, Mapping):
-            raise SpecError(spath, f"must be a mapping with name and value, got {c.type_name(entry)}")
-        sname = c.string(entry, "name", spath, required=True)
+    for spath, sname, entry in _named_entries(obj, "metricStrategies", path):
         if sname not in metrics:
             raise SpecError(
                 c.join(spath, "name"), f"unknown metric {sname!r} (metrics: {', '.join(metrics)})"
@@ -247,15 +243,20 @@ def _objective(spec: Mapping[str, Any]) -> ObjectiveSpec:
     )
 
 
+def _named_entries(obj: Mapping[str, Any], key: str, path: str) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    """(path, name, entry) of each `{name, value}` entry of a Katib list such as algorithmSettings."""
+    for i, entry in enumerate(c.items(obj, key, path)):
+        epath = c.join(c.join(path, key), i)
+        if not isinstance(entry, Mapping):
+            raise SpecError(epath, f"must be a mapping with name and value, got {c.type_name(entry)}")
+        yield epath, c.string(entry, "name", epath, required=True), entry
+
+
 def _settings(
     raw: Mapping[str, Any], path: str, known: Mapping[str, Check], owner: str
 ) -> tuple[tuple[str, str], ...]:
     result = []
-    for i, entry in enumerate(c.items(raw, "algorithmSettings", path)):
-        spath = c.join(c.join(path, "algorithmSettings"), i)
-        if not isinstance(entry, Mapping):
-            raise SpecError(spath, f"must be a mapping with name and value, got {c.type_name(entry)}")
-        name = c.string(entry, "name", spath, required=True)
+    for spath, name, entry in _named_entries(raw, "algorithmSettings", path):
         if name not in known:
             raise SpecError(
                 c.join(spath, "name"), f"unknown setting {name!r} for {owner} (known: {c.names(known)})"

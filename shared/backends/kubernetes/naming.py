@@ -9,8 +9,8 @@ create meets its own earlier success as 409 AlreadyExists instead of making a se
 
 from __future__ import annotations
 
-import hashlib
-import re
+from shared.keys import key_digest, object_name
+from shared.specs.common import DNS_1035
 
 DOMAIN = "kubeflow-tasks.dev"
 KEY_HASH_LABEL = f"{DOMAIN}/key-hash"
@@ -21,25 +21,14 @@ CANCELLED_ANNOTATION = (
     f"{DOMAIN}/cancelled"  # written before our delete: any process can tell it from an external one
 )
 KEY_HASH_CHARS = 40  # label values are at most 63 characters
-DIGEST_IN_NAME = 8
 
 # Name limits of the admission webhooks: Katib experiments 40, training jobs 63 (DNS-1035 labels).
 MAX_NAME = {"Experiment": 40, "PyTorchJob": 63, "TFJob": 63}
-DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+__all__ = ["DNS_1035", "object_name"]  # re-exported: the names every CR gets, and their rule
 
 
 def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:KEY_HASH_CHARS]
-
-
-def object_name(spec_name: str, key: str, attempt: int, max_len: int = 63) -> str:
-    """`<slug>-<digest>-<attempt>`: a DNS-1035 label of at most `max_len` characters."""
-    suffix = f"-{key_hash(key)[:DIGEST_IN_NAME]}-{attempt}"
-    slug = re.sub(r"[^a-z0-9-]+", "-", spec_name.lower()).strip("-")
-    if not slug or not slug[0].isalpha():
-        slug = f"r-{slug}".rstrip("-")
-    slug = slug[: max_len - len(suffix)].rstrip("-")
-    return f"{slug}{suffix}"
+    return key_digest(key)[:KEY_HASH_CHARS]
 
 
 def run_display_name(spec_name: str, key: str, attempt: int) -> str:

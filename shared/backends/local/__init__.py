@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,8 +17,9 @@ from pathlib import Path
 
 from shared.backends.base import SubmitContext
 from shared.backends.local import procs
-from shared.backends.local.store import RunDir, Store, key_digest
+from shared.backends.local.store import RunDir, Store
 from shared.errors import NotFound
+from shared.keys import object_name
 from shared.specs.model import Spec
 from shared.status import Handle, Kind, State, Status
 
@@ -32,9 +32,8 @@ def _resource(spec: Spec) -> str:
 
 
 def run_id_for(name: str, key: str, attempt: int) -> str:
-    """Deterministic, readable and unique per (key, attempt): `<name>-<key digest>-<attempt>`."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40] or "run"
-    return f"{slug}-{key_digest(key)[:8]}-{attempt}"
+    """Deterministic, readable and unique per (key, attempt): the name a CR would get."""
+    return object_name(name, key, attempt)
 
 
 def _kill_children(run: RunDir, grace: float = 2.0) -> None:

@@ -53,11 +53,6 @@ class MetricsCollector:
     def objective_name(self) -> str:
         return self.metric_names[0]
 
-    @property
-    def objective_steps(self) -> int:
-        """How many times the objective has been reported (median stop's step count)."""
-        return len(self.objective_values)
-
     def feed(self, line: str) -> list[tuple[str, float]]:
         """Record the metrics of one line; returns them (name, value) in the order found."""
         if not any(name in line for name in self.metric_names):

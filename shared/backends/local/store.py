@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import pickle
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.backends.base import SubmitContext
+from shared.keys import key_digest
 from shared.specs.model import Spec
 from shared.status import Handle, State, Status
 
@@ -38,10 +38,6 @@ def default_state_root() -> Path:
         return Path(os.environ[STATE_DIR_ENV]).expanduser()
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "kubeflow-tasks"
-
-
-def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
