@@ -125,7 +125,7 @@ class KubeflowBaseOperator(BaseOperator):
 
     @staticmethod
     def _key(context: Context) -> str:
-        from shared.operations import task_key
+        from shared.keys import task_key
 
         ti = context["ti"]
         return task_key(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
