@@ -144,14 +144,10 @@ class KubeflowTask(_OfflineCodes, Shell):
     def _check_spec(self, spec: str | os.PathLike[str] | Mapping[str, Any], params: Mapping[str, str]):
         """Parse the spec now: a bad manifest fails here, naming the field. Values that are
         DolphinScheduler references are only known on the worker; a stand-in checks the rest."""
-        from shared.specs import load_spec
+        from shared.specs import load_spec, require_resource
 
         stand_in = {k: ("1" if "${" in v or "$[" in v else v) for k, v in params.items()}
-        parsed = load_spec(spec, kind=self.kind, params=stand_in)
-        found = getattr(parsed, "resource", None)
-        if self.resource and found != self.resource:
-            raise SpecError("kind", f"{type(self).__name__} needs a {self.resource} manifest, got {found!r}")
-        return parsed
+        return require_resource(load_spec(spec, kind=self.kind, params=stand_in), self.resource, type(self).__name__)
 
 
 class KubeflowPipeline(KubeflowTask):

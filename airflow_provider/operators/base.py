@@ -116,12 +116,11 @@ class KubeflowBaseOperator(BaseOperator):
         import os
 
         from airflow_provider.specs import resolve_spec
+        from shared.specs import require_resource
 
         base_dir = os.path.dirname(os.path.abspath(self.dag.fileloc)) if self.has_dag() else os.getcwd()
         spec = resolve_spec(self.kind, self.spec, params=self.spec_params, name=self.spec_name, base_dir=base_dir)
-        if self.resource and getattr(spec, "resource", None) != self.resource:
-            raise AirflowException(f"kind: {type(self).__name__} runs {self.resource} manifests, got {spec.resource}")
-        return spec
+        return require_resource(spec, self.resource, type(self).__name__)
 
     @staticmethod
     def _key(context: Context) -> str:

@@ -52,6 +52,7 @@ __all__ = [
     "parse_experiment",
     "parse_pipeline_run",
     "parse_training_job",
+    "require_resource",
 ]
 
 _EXPECTED = {
@@ -116,3 +117,11 @@ def load_spec(
     if found is Kind.EXPERIMENT:
         return parse_experiment(manifest, base_dir, params=params)
     return parse_pipeline_run(manifest, base_dir, params=params, source=path)
+
+
+def require_resource(spec: Spec, resource: str | None, task: str) -> Spec:
+    """For a task type made for one resource (a PyTorchJob operator, a TFJob task): the manifest must be one."""
+    found = getattr(spec, "resource", None)
+    if resource and found != resource:
+        raise SpecError("kind", f"{task} needs a {resource} manifest, got {found!r}")
+    return spec
