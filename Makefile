@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= all
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test testenv lint bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	PYTHON=$(abspath $(PY)) ./dags/run_airflow_demo.sh
 
-test: $(STAMP)
+# The real test stack (tests/realstack): built once from the Go module proxy and Maven Central into
+# $${KUBEFLOW_TASKS_TESTENV:-~/.cache/kubeflow-tasks/testenv}; later calls reuse it.
+testenv:
+	$(PYTHON) -m tests.realstack build
+
+test: $(STAMP) testenv
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.mlflow_server", "tests.k8s_double.fixture"]
+pytest_plugins = ["tests.mlflow_server", "tests.k8s_double.fixture", "tests.realstack.fixture"]
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path(os.environ.get("KUBEFLOW_TASKS_REFERENCE_DIR", REPO.parent / "shared"))

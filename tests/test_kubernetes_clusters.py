@@ -1,0 +1,174 @@
+"""The Kubernetes end-to-end suite, run against both clusters (issue 8).
+
+`double` is our wire-level double; `real` is a real kube-apiserver with the real Kubeflow training
+operator (and its validating webhook) and kwok playing the pods (tests/realstack). The same test, the
+same example specs, the same assertions: where the two disagree, the real one is right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared.backends.kubernetes import naming
+from shared.errors import DeadlineExceeded, SpecError
+from shared.operations import submit_or_adopt, wait_for
+from shared.specs import load_spec
+from shared.status import State
+from tests.clusters import PLURALS, TestCluster
+from tests.test_kubernetes_e2e import DELETE, INVALID
+from tests.waiting import wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = REPO / "tests" / "data" / "specs"
+COMMODITY = REPO / "dags" / "commodity"
+DATA = {"data_path": "/data/prices.csv"}
+TRAINING_EXAMPLES = {
+    SPECS / "pytorch-mnist.yaml": None,
+    SPECS / "tfjob-dist.yaml": None,
+    SPECS / "pytorch-params.yaml": {"name": "params-job", "epochs": "2", "learning_rate": "0.1"},
+    COMMODITY / "pytorchjob.yaml": {**DATA, "learning_rate": "0.05", "num_estimators": "20"},
+}
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(params=["double", pytest.param("real", marks=pytest.mark.real)])
+def cluster(request) -> TestCluster:
+    if request.param == "double":
+        return TestCluster("double", namespace="default", double=request.getfixturevalue("k8s_double"))
+    real = request.getfixturevalue("real_kubernetes")
+    return TestCluster("real", namespace=real.namespace, kubeconfig_path=real.kubeconfig, real=real)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def with_key(objects: list[dict], key: str) -> list[dict]:
+    return [o for o in objects if (o["metadata"].get("annotations") or {}).get(naming.KEY_ANNOTATION) == key]
+
+
+# ---------------------------------------------------------------- the example specs run unchanged
+
+
+def test_the_example_training_specs_submit_unchanged_and_succeed(cluster, tmp_path):
+    backend = cluster.backend(tmp_path)
+    run = unique("example")
+
+    async def one(path: Path, params):
+        spec = load_spec(path, params=params)
+        submission = await asyncio.to_thread(submit_or_adopt, backend, spec, f"{run}/{path.parent.name}/{path.name}")
+        return path.name, await wait_for(backend, submission.handle, deadline=time.time() + 120)
+
+    async def all_of_them():
+        return await asyncio.gather(*(one(p, params) for p, params in TRAINING_EXAMPLES.items()))
+
+    results = asyncio.run(all_of_them())
+    assert [(name, s.state, s.message) for name, s in results if s.state is not State.SUCCEEDED] == []
+
+
+# ---------------------------------------------------------------- a killed waiter's successor adopts
+
+
+def test_a_waiting_process_killed_and_restarted_adopts_its_object(cluster, tmp_path):
+    key = unique("nightly/train")
+    doc = cluster.training_manifest(SPECS / "pytorch-mnist.yaml", seconds=5, name=unique("adopt"))
+    spec = cluster.write(doc, tmp_path, "adopt")
+    command = [
+        sys.executable, "-m", "shared.cli", "run", "training-job", "--spec", str(spec),
+        "--backend", "kubernetes", "--kubeconfig", str(cluster.kubeconfig(tmp_path)), "--key", key,
+        "--output", "json",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        wait_until(lambda: with_key(cluster.objects("pytorchjobs", tmp_path), key) or first.poll() is not None,
+                   timeout=60, what="the first waiter creates its PyTorchJob")
+        assert first.poll() is None, first.stderr.read().decode()
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        first.stderr.close()
+    assert len(with_key(cluster.objects("pytorchjobs", tmp_path), key)) == 1
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert second.returncode == 0, second.stderr
+    result = json.loads(second.stdout)
+    assert result["adopted"] is True and result["state"] == "SUCCEEDED"
+    assert "adopted PyTorchJob" in second.stderr
+    assert len(with_key(cluster.objects("pytorchjobs", tmp_path), key)) == 1
+
+
+# ---------------------------------------------------------------- a passing deadline deletes the job
+
+
+@pytest.mark.parametrize("source", ["pytorch-mnist.yaml", "tfjob-dist.yaml"])
+def test_a_passing_deadline_deletes_the_job_within_5s(cluster, tmp_path, source):
+    backend = cluster.backend(tmp_path)
+    doc = cluster.training_manifest(SPECS / source, hang=True, name=unique("hang"))
+    spec = load_spec(doc)
+    plural = PLURALS[doc["kind"]]
+    submission = submit_or_adopt(backend, spec, unique("deadline"))
+    wait_until(lambda: backend.status(submission.handle).state is State.RUNNING, timeout=60,
+               what="the job runs")
+    deadline = time.time() + 1.0
+    passed_at = time.monotonic() + 1.0
+    with pytest.raises(DeadlineExceeded) as caught:
+        asyncio.run(wait_for(backend, submission.handle, deadline=deadline))
+    assert caught.value.status.state is State.CANCELLED
+    name = submission.handle.id.rsplit("/", 1)[-1]
+    wait_until(lambda: all(o["metadata"]["name"] != name for o in cluster.objects(plural, tmp_path)),
+               timeout=10, what="the job is gone")
+    assert time.monotonic() - passed_at < 5.0
+
+
+# ---------------------------------------------------------------- refused before anything is sent
+
+TRAINING_INVALID = {k: v for k, v in INVALID.items() if not k.startswith("katib:")}
+
+
+@pytest.mark.parametrize("file,edits,field", TRAINING_INVALID.values(), ids=TRAINING_INVALID.keys())
+def test_a_job_the_cluster_refuses_is_refused_first_naming_the_field_the_cluster_names(
+    cluster, tmp_path, file, edits, field
+):
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    manifest = yaml.safe_load((SPECS / file).read_text())
+    manifest["metadata"]["namespace"] = cluster.namespace
+    manifest["metadata"]["name"] = unique("invalid")
+    for path, value in edits:
+        target = manifest
+        for step in path[:-1]:
+            target = target[step]
+        if value is DELETE:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value
+
+    with pytest.raises(SpecError) as ours:
+        load_spec(manifest)  # what every adapter does before it hands the spec to a backend
+    assert ours.value.path == field, ours.value
+
+    group, version = manifest["apiVersion"].split("/")
+    api = client.CustomObjectsApi(cluster.api_client(tmp_path))
+    with pytest.raises(ApiException) as theirs:
+        api.create_namespaced_custom_object(group, version, cluster.namespace, PLURALS[manifest["kind"]], manifest)
+    body = json.loads(theirs.value.body)
+    assert theirs.value.status in (400, 403, 422), body
+    causes = [cause.get("field") for cause in (body.get("details") or {}).get("causes", [])]
+    assert field in causes or field in body.get("message", ""), (field, body)
+    assert all(o["metadata"]["name"] != manifest["metadata"]["name"]
+               for o in cluster.objects(PLURALS[manifest["kind"]], tmp_path))
