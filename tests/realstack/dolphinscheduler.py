@@ -43,6 +43,9 @@ ADMIN_USER = "admin"
 ADMIN_PASSWORD = "dolphinscheduler123"  # the standalone server's seeded admin (dolphinscheduler_h2.sql)
 PROJECT = "kubeflow-tasks"
 STAMP = "BUILT.json"
+# Set in the server's environment; every task process inherits it, which lets stop() find the task processes a STOP
+# orphans (they are reparented to init, so no parent link leads to them any more).
+MARKER = "KUBEFLOW_TASKS_DOLPHINSCHEDULER_RUN"
 START_DEADLINE = 600.0  # ~75 s on an idle 2-core machine, over 3 min while other suites compile
 JAVA_OPTIONS = (
     "-Xms256m",
@@ -159,6 +162,11 @@ def start(root: Path, version: str, workdir: Path) -> tuple[subprocess.Popen[byt
     home = server_dir(root, version)
     if not (home / STAMP).exists():
         raise RuntimeError(f"dolphinscheduler {version} is not built in {home}: run build() first")
+    # The 3.1 worker kills a task with `sudo -u <tenant> kill ...` even with sudo.enable=false (task-api's
+    # OSUtils.getSudoCmd ignores it) and lists the task's tree with pstree: without both, a timeout kills nothing.
+    for tool, package in (("sudo", "sudo"), ("pstree", "psmisc")):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"dolphinscheduler {version}: the worker needs `{tool}` (apt-get install -y {package})")
     workdir.mkdir(parents=True, exist_ok=True)
     ports = {name: _free_port() for name in ("rest", "gateway", "callback", "master", "worker", "alert")}
     properties = {
@@ -192,7 +200,10 @@ def start(root: Path, version: str, workdir: Path) -> tuple[subprocess.Popen[byt
     ]
     out = (workdir / "server.out").open("wb")
     # Own session: stop() signals the whole group, which includes the shells the worker spawns for tasks.
-    proc = subprocess.Popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {**os.environ, MARKER: str(workdir)}
+    proc = subprocess.Popen(
+        command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
     out.close()
     api = RestApi(f"http://127.0.0.1:{ports['rest']}/dolphinscheduler", ADMIN_USER, ADMIN_PASSWORD)
     try:
@@ -262,6 +273,16 @@ def descendants(pid: int) -> list[tuple[int, str]]:
     return found
 
 
+def _marker_of(pid: int) -> str | None:
+    try:
+        for entry in (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0"):
+            if entry.startswith(f"{MARKER}=".encode()):
+                return entry.split(b"=", 1)[1].decode()
+    except OSError:
+        pass
+    return None
+
+
 def _start_time(pid: int) -> str | None:
     try:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19]
@@ -269,13 +290,31 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def _marked(marker: str) -> list[tuple[int, str]]:
+    """Live processes whose environment carries MARKER=marker: the server's task processes, orphaned or not."""
+    needle = f"{MARKER}={marker}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in environ.read_bytes().split(b"\0"):
+                started = _start_time(int(environ.parent.name))
+                if started is not None:
+                    found.append((int(environ.parent.name), started))
+        except OSError:
+            continue
+    return found
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop the server and every process it started, including task processes that left its process group.
 
-    SIGTERM first (Spring closes the embedded ZooKeeper), then SIGKILL for the group and for every descendant seen
-    before the signal (a task that called setsid is outside the group but still below the JVM until it dies).
+    SIGTERM first (Spring closes the embedded ZooKeeper), then SIGKILL for the group, for every descendant seen
+    before the signal (a task that called setsid is outside the group but still below the JVM until it dies) and
+    for every process carrying our MARKER (what a STOP orphaned: the 3.1 worker SIGTERMs only the task's wrapper
+    shell, so the task's own script and children are reparented to init and keep running).
     """
-    tree = descendants(proc.pid)
+    marker = _marker_of(proc.pid)
+    tree = descendants(proc.pid) + (_marked(marker) if marker else [])
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -289,7 +328,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    for pid, started in tree + descendants(proc.pid):
+    for pid, started in tree + descendants(proc.pid) + (_marked(marker) if marker else []):
         if _start_time(pid) == started:
             try:
                 os.kill(pid, signal.SIGKILL)
