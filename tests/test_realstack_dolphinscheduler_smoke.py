@@ -22,6 +22,7 @@ from tests.waiting import wait_until
 pytestmark = [pytest.mark.real, pytest.mark.timeout(1800)]
 
 SCRIPT = Path(__file__).parent / "scripts" / "ds_setvalue_workflow.py"
+FINAL_STATES = {"SUCCESS", "FAILURE", "STOP", "PAUSE", "KILL"}  # 3.1 WorkflowExecutionStatus names
 TESTENV = Path(os.environ.get("KUBEFLOW_TASKS_TESTENV", "~/.cache/kubeflow-tasks/testenv")).expanduser()
 
 
@@ -57,7 +58,7 @@ def test_shell_workflow_runs_on_the_real_worker_and_passes_setvalue_downstream(s
 
     def finished() -> dict | None:
         instances = api.workflow_instances(project, "setvalue-smoke")
-        done = [item for item in instances if item["state"] not in ("SUBMITTED_SUCCESS", "RUNNING_EXECUTION")]
+        done = [item for item in instances if item["state"] in FINAL_STATES]
         return done[0] if done else None
 
     instance = wait_until(finished, timeout=600, what="the workflow instance to finish", interval=1.0)
