@@ -116,3 +116,13 @@ def test_a_stop_from_the_rest_api_leaves_the_task_script_running_on_3_1(server: 
     assert [pid for pid in pids if _alive(pid)] == pids
     assert under_server.isdisjoint(pids)
     assert "workflow instance id: ${system.workflow.instance.id}" in api.task_log(task["id"])
+
+
+def test_a_version_missing_on_maven_central_fails_the_build_with_one_line_naming_it(tmp_path: Path) -> None:
+    """3.2.1 is what the issue asked for; Central serves none of its server modules (not even the bom)."""
+    with pytest.raises(RuntimeError) as failure:
+        ds.build(tmp_path, "3.2.1", lambda line: None)
+    message = str(failure.value)
+    assert "\n" not in message
+    assert "org.apache.dolphinscheduler:dolphinscheduler-bom:pom:3.2.1" in message
+    assert list(tmp_path.iterdir()) == []  # no half-built tree left behind

@@ -73,35 +73,43 @@ def client_python(root: Path, version: str) -> Path:
 def build(root: Path, version: str, progress: Callable[[str], None]) -> None:
     """Assemble the server into root/dolphinscheduler-<version>/ unless its stamp file exists.
 
-    Work happens in a sibling `.partial` directory renamed at the end, so an interrupted build leaves nothing that
-    looks finished. Downloads are cached in ~/.m2 (and pip's cache), so a rebuild after `rm -r` is quick.
+    Work happens in a sibling `.partial` directory renamed at the end (and removed on failure), so an interrupted
+    build leaves nothing that looks finished. Downloads are cached in ~/.m2 (and pip's cache), so a rebuild after `rm -r` is quick.
     """
     target = server_dir(root, version)
     if (target / STAMP).exists():
         progress(f"dolphinscheduler {version}: already built in {target}")
         return
-    if version not in CLIENTS:
-        raise RuntimeError(f"dolphinscheduler {version}: no pydolphinscheduler release known to match (CLIENTS)")
     for tool in ("mvn", "java"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"dolphinscheduler {version}: `{tool}` is not on PATH")
     partial = root / f".dolphinscheduler-{version}.partial"
     shutil.rmtree(partial, ignore_errors=True)
+    try:
+        _assemble(partial, version, progress)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    jars = len(list((partial / "libs").glob("*.jar")))
+    (partial / STAMP).write_text(json.dumps({"version": version, "client": CLIENTS[version], "jars": jars}))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    progress(f"dolphinscheduler {version}: built {jars} jars into {target}")
+
+
+def _assemble(partial: Path, version: str, progress: Callable[[str], None]) -> None:
     libs, conf = partial / "libs", partial / "conf"
     libs.mkdir(parents=True)
     conf.mkdir()
 
     progress(f"dolphinscheduler {version}: resolving standalone-server, its jars and config files from Maven Central")
     _mvn(version, f"-Dwork.dir={partial}", f"-Dlibs.dir={libs}", f"-Dconf.dir={conf}", *MAVEN_GOALS)
+    if version not in CLIENTS:
+        raise RuntimeError(f"dolphinscheduler {version}: no pydolphinscheduler release known to match (CLIENTS)")
     progress(f"dolphinscheduler {version}: installing {CLIENTS[version]} into a private venv")
     _client_venv(partial / "client", CLIENTS[version])
 
-    shutil.rmtree(partial / "maven", ignore_errors=True)
-    jars = sorted(path.name for path in libs.glob("*.jar"))
-    (partial / STAMP).write_text(json.dumps({"version": version, "client": CLIENTS[version], "jars": len(jars)}))
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-    progress(f"dolphinscheduler {version}: built {len(jars)} jars into {target}")
+    shutil.rmtree(partial / "maven", ignore_errors=True)  # Maven's unpack markers
 
 
 def _mvn(version: str, *args: str) -> None:
@@ -114,6 +122,7 @@ def _mvn(version: str, *args: str) -> None:
 def _maven_failure(output: str) -> str:
     """One line naming what Maven could not fetch, read from its error output."""
     for pattern in (
+        r"([\w.-]+:[\w.-]+:\w+:[\w.-]+) was not found in",
         r"Failed to read artifact descriptor for (\S+)",
         r"Could not find artifact (\S+)",
         r"Could not transfer artifact (\S+)",
