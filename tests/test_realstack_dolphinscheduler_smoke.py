@@ -106,15 +106,28 @@ def test_a_stop_from_the_rest_api_leaves_the_task_script_running_on_3_1(server: 
     pids = [int(f.read_text()) for f in pid_files]
     SEEN_TASK_PIDS.extend(pids)
     instance = wait_until(lambda: api.workflow_instances(project, "stop-probe"), what="the workflow instance")[0]
+    # A STOP while the master still has the task as "submit success" only marks it KILL in the database and never
+    # reaches the worker (observed: the task then runs on, under the server). Stop once the master knows it runs.
+    wait_until(
+        lambda: [t["state"] for t in api.task_instances(project, instance["id"])] == ["RUNNING_EXECUTION"],
+        timeout=120,
+        what="the master to see the task running",
+        interval=0.5,
+    )
 
     api.stop_workflow(project, instance["id"])
 
     assert _final_instance(api, project, "stop-probe")["state"] == "STOP"
     [task] = api.task_instances(project, instance["id"])
     assert task["state"] == "KILL"
-    under_server = {pid for pid, _ in ds.descendants(server["pid"])}
+    # The worker reports the kill before its `kill` command has run: wait until the wrapper is gone.
+    wait_until(
+        lambda: {pid for pid, _ in ds.descendants(server["pid"])}.isdisjoint(pids) or not any(map(_alive, pids)),
+        timeout=60,
+        what="the task's processes to leave the server's tree",
+    )
     assert [pid for pid in pids if _alive(pid)] == pids
-    assert under_server.isdisjoint(pids)
+    assert {pid for pid, _ in ds.descendants(server["pid"])}.isdisjoint(pids)
     assert "workflow instance id: ${system.workflow.instance.id}" in api.task_log(task["id"])
 
 

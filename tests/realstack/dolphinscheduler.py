@@ -337,10 +337,23 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    for pid, started in tree + descendants(proc.pid) + (_marked(marker) if marker else []):
+    doomed = [(pid, started) for pid, started in tree + (_marked(marker) if marker else [])]
+    for pid, started in doomed:
         if _start_time(pid) == started:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
     proc.wait(timeout=30)
+    # kill() only queues the signal: return once every one of them is really gone (or a zombie awaiting init).
+    deadline = time.monotonic() + 30
+    while any(_running(pid, started) for pid, started in doomed) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _running(pid: int, started: str) -> bool:
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == started and fields[0] != "Z"
