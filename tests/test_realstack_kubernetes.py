@@ -86,11 +86,12 @@ def test_exitcode_policy_retryable_failure_restarts_the_pod_and_the_wait_goes_on
     The waiter keeps waiting through Restarting and ends with the job's success."""
     from kubernetes import client
 
-    name = unique("exitcode")
-    doc = single_replica("PyTorchJob", name, restart_policy="ExitCode", seconds=2, exit_code=137)
+    doc = single_replica("PyTorchJob", unique("exitcode"), restart_policy="ExitCode", seconds=2, exit_code=137)
     doc["metadata"]["namespace"] = real.namespace
     backend = real.backend(tmp_path)
-    submission = submit_or_adopt(backend, load_spec(doc), unique("restart"))
+    key = unique("restart")
+    submission = submit_or_adopt(backend, load_spec(doc), key)
+    name = submission.handle.id.rsplit("/", 1)[-1]
     api = client.CustomObjectsApi(real.api_client(tmp_path))
     core = client.CoreV1Api(real.api_client(tmp_path))
     wait_until(lambda: ("Restarting", "True") in conditions(real, tmp_path, "pytorchjobs", name), timeout=60,
@@ -103,17 +104,20 @@ def test_exitcode_policy_retryable_failure_restarts_the_pod_and_the_wait_goes_on
     for pod in core.list_namespaced_pod(real.namespace, label_selector=f"training.kubeflow.org/job-name={name}").items:
         core.patch_namespaced_pod(pod.metadata.name, real.namespace,
                                   {"metadata": {"annotations": {"kubeflow-tasks.test/exit-code": "0"}}})
-    status = asyncio.run(wait_for(backend, submission.handle, deadline=time.time() + 90))
+    seen: list = []
+    status = record_states(backend, submission.handle, seen, until=time.time() + 90)
     assert status.state is State.SUCCEEDED, status
-    assert len(real.objects("pytorchjobs", tmp_path)) >= 1
-    assert [o for o in real.objects("pytorchjobs", tmp_path) if o["metadata"]["name"].startswith(name)] != []
+    assert all(state in (State.PENDING, State.RUNNING) for state, _ in seen[:-1]), seen
+    mine = [o for o in real.objects("pytorchjobs", tmp_path)
+            if (o["metadata"].get("annotations") or {}).get(naming.KEY_ANNOTATION) == key]
+    assert len(mine) == 1  # restarts happen inside the one job: no new attempt of ours
 
 
 def test_onfailure_restarts_in_place_count_against_backoff_limit_then_failed(real, tmp_path):
     """OnFailure: the kubelet restarts the container in place; once restarts reach backoffLimit the
     operator fails the job, and our wait ends FAILED with the operator's reason."""
-    name = unique("backoff")
-    doc = single_replica("PyTorchJob", name, restart_policy="OnFailure", backoff_limit=2, seconds=1, exit_code=1)
+    doc = single_replica("PyTorchJob", unique("backoff"), restart_policy="OnFailure", backoff_limit=2, seconds=1,
+                         exit_code=1)
     doc["metadata"]["namespace"] = real.namespace
     backend = real.backend(tmp_path)
     submission = submit_or_adopt(backend, load_spec(doc), unique("backoff"))

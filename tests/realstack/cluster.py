@@ -30,6 +30,7 @@ WEBHOOK_CONFIGURATION = "validator.training-operator.kubeflow.org"  # the name t
 WEBHOOK_SECRET = "training-operator-webhook-cert"
 WEBHOOK_DNS = f"training-operator.{OPERATOR_NAMESPACE}.svc"
 NODES = ("kwok-node-0", "kwok-node-1")
+OPERATOR_CERT_DIR = "/tmp/k8s-webhook-server/serving-certs"  # fixed in the operator (pkg/cert)
 STAGES = Path(__file__).resolve().parent / "kwok-stages.yaml"
 
 
@@ -161,6 +162,7 @@ def _start(workdir: Path, bin_dir: Path, root: Path, started: list[processes.Sta
     # kwok plays the nodes and pods
     _, kwok = processes.start("kwok", [
         str(bin_dir / "kwok"), "--kubeconfig", str(kubeconfig), "--config", str(STAGES),
+        "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector", "kwok.x-k8s.io/node=fake",
         "--server-address", f"127.0.0.1:{processes.free_port()}",
     ], logs)
     started.append(kwok)
@@ -176,6 +178,9 @@ def _start(workdir: Path, bin_dir: Path, root: Path, started: list[processes.Sta
             "tls.crt": stack_certs.webhook.cert, "tls.key": stack_certs.webhook.key}.items()},
     })
     webhook_port, probe_port = processes.free_port(), processes.free_port()
+    # The operator's cert rotator marks its certificates ready only once it has found (and injected
+    # its CA into) this configuration, so it must exist before the operator starts.
+    _register_webhook(api, webhook_port, stack_certs.webhook_ca.cert)
     operator_cmd = [
         str(bin_dir / "training-operator.v1"), "--kubeconfig", str(kubeconfig),
         "--metrics-bind-address", "0", "--health-probe-bind-address", f"127.0.0.1:{probe_port}",
@@ -183,11 +188,16 @@ def _start(workdir: Path, bin_dir: Path, root: Path, started: list[processes.Sta
         "--enable-scheme", "pytorchjob", "--enable-scheme", "tfjob",
     ]
     env = {"PATH": "/usr/bin:/bin", "MY_POD_NAMESPACE": OPERATOR_NAMESPACE, "HOME": str(workdir)}
-    _, operator = processes.start("training-operator", _private_cert_dir(operator_cmd, workdir), logs, env=env)
+    command, cert_dir = _private_cert_dir(operator_cmd, workdir)
+    # In a cluster the kubelet mounts the Secret there; the rotator waits until the files match it.
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in {"ca.crt": stack_certs.webhook_ca.cert, "tls.crt": stack_certs.webhook.cert,
+                       "tls.key": stack_certs.webhook.key}.items():
+        certs.write(cert_dir / name, data)
+    _, operator = processes.start("training-operator", command, logs, env=env)
     started.append(operator)
     processes.wait_ready("training-operator",
                          lambda: _http_get(f"http://127.0.0.1:{probe_port}/readyz")[0] == 200, operator, 120)
-    _register_webhook(api, webhook_port, stack_certs.webhook_ca.cert)
     _wait_nodes_ready(core, started)
 
     return {
@@ -201,16 +211,19 @@ def _start(workdir: Path, bin_dir: Path, root: Path, started: list[processes.Sta
     }
 
 
-def _private_cert_dir(cmd: list[str], workdir: Path) -> list[str]:
-    """The operator writes its serving certificates to a fixed /tmp path; as root, give it a private
-    mount there so stacks side by side do not overwrite each other's certificates."""
+def _private_cert_dir(cmd: list[str], workdir: Path) -> tuple[list[str], Path]:
+    """The operator reads its serving certificates from a fixed path under /tmp; as root, give it a
+    private mount there so stacks side by side never see each other's. Returns the command and the
+    folder to put the certificates in."""
     unshare = shutil.which("unshare")
     if os.geteuid() != 0 or unshare is None:
-        return cmd
-    certs_dir = workdir / "webhook-certs"
-    certs_dir.mkdir(exist_ok=True)
-    script = ('mkdir -p /tmp/k8s-webhook-server && mount --bind "$0" /tmp/k8s-webhook-server && exec "$@"')
-    return [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", script, str(certs_dir), *cmd]
+        return cmd, Path(OPERATOR_CERT_DIR)
+    private = workdir / "webhook-server"
+    private.mkdir(exist_ok=True)
+    mount_point = str(Path(OPERATOR_CERT_DIR).parent)
+    script = f'mkdir -p {mount_point} && mount --bind "$0" {mount_point} && exec "$@"'
+    command = [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", script, str(private), *cmd]
+    return command, private / Path(OPERATOR_CERT_DIR).name
 
 
 def _register_webhook(api, port: int, ca_pem: bytes) -> None:
@@ -239,6 +252,10 @@ def _wait_nodes_ready(core, started: list[processes.Started]) -> None:
             any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or [])) for n in nodes)
 
     processes.wait_ready("kwok (fake nodes Ready)", ready, kwok, 60)
+    # The API server taints a new node not-ready; the node lifecycle controller (left out: kwok sends
+    # no kubelet heartbeats it would trust) is what lifts that taint once the node is Ready.
+    for node in NODES:
+        core.patch_node(node, {"spec": {"taints": None}})
 
 
 def compact_etcd(etcd_url: str) -> int:

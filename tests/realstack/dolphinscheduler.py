@@ -357,3 +357,50 @@ def _running(pid: int, started: str) -> bool:
     except OSError:
         return False
     return fields[19] == started and fields[0] != "Z"
+
+
+# ---------------------------------------------------------------- the harness's entry points
+
+
+def version() -> str:
+    """The pinned version (tests/realstack/versions.toml)."""
+    import tomllib
+
+    pins = tomllib.loads((Path(__file__).with_name("versions.toml")).read_text())
+    return pins.get("dolphinscheduler", {}).get("version", DEFAULT_VERSION)
+
+
+def build_step(root: Path, progress: Callable[[str], None]) -> None:
+    """`make testenv`'s DolphinScheduler step; a failure is one line (BuildError)."""
+    from tests.realstack.build import BuildError
+
+    try:
+        build(root, version(), progress)
+    except RuntimeError as exc:
+        raise BuildError(f"testenv: {exc}") from None
+
+
+def start_step(workdir: Path):
+    """`python -m tests.realstack up`'s DolphinScheduler step: the state entries and the started server."""
+    from tests.realstack import processes
+    from tests.realstack.build import testenv_dir
+
+    proc, state = start(testenv_dir(), version(), workdir)
+    started = processes.Started("dolphinscheduler", proc.pid, processes.psutil.Process(proc.pid).create_time(),
+                                str(workdir / "server.out"))
+    state["marker"] = str(workdir)
+    return state, [started]
+
+
+def kill_marked(marker: str) -> None:
+    """After the server is stopped: kill the task processes a STOP orphaned (they carry our marker)."""
+    doomed = _marked(marker)
+    for pid, started in doomed:
+        if _start_time(pid) == started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 30
+    while any(_running(pid, started) for pid, started in doomed) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -38,9 +38,11 @@ def up(state_file: str | os.PathLike, only: str | None = None) -> dict[str, Any]
                 state["dolphinscheduler"] = entries
                 started += procs
                 state["components"].append("dolphinscheduler")
-    except BaseException:
+    except BaseException as exc:
         for s in reversed(started):
             processes.stop(s)
+        if isinstance(exc, RuntimeError):  # keep the logs of a failed start for whoever reads the error
+            raise RuntimeError(f"{exc} (logs in {workdir})") from None
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     state["processes"] = [s.to_json() for s in started]
@@ -60,6 +62,11 @@ def down(state_file: str | os.PathLike) -> int:
         if processes.alive(s) is not None:
             processes.stop(s)
             count += 1
+    marker = (state.get("dolphinscheduler") or {}).get("marker")
+    if marker:
+        from . import dolphinscheduler
+
+        dolphinscheduler.kill_marked(marker)
     workdir = state.get("workdir")
     if workdir and Path(workdir).name.startswith("kubeflow-tasks-realstack-"):
         shutil.rmtree(workdir, ignore_errors=True)
