@@ -1,8 +1,10 @@
 """Katib Experiment manifests (kubeflow.org/v1beta1).
 
-Katib's CRD has no structural schema, so its webhooks are the whole validation; this module
-mirrors them (v0.19 experiment validator, suggestion services' setting checks) and applies the
-defaulting webhook's defaults to the stored manifest.
+Katib's CRD has no structural schema, so its webhooks are the whole validation: this module reads
+the manifest into dataclasses, with the validator's rules (`katib_validator`, v0.19) and the
+suggestion services' setting checks, and applies the defaulting webhook's defaults to the stored
+manifest. The verdict is about the manifest, not where it runs: NAS, PBT and ConfigMap trial
+templates are accepted here; the local backend says at submit what it cannot run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from shared.errors import SpecError
 from shared.specs import common as c
+from shared.specs import katib_validator as v
 from shared.specs.model import (
     AlgorithmSpec,
     ExperimentSpec,
@@ -36,11 +39,9 @@ _SPEC_FIELDS = (
     "resumePolicy",
     "trialTemplate",
 )
-UNSUPPORTED_ALGORITHMS = ("enas", "darts", "pbt")
-COLLECTOR_KINDS = ("StdOut", "File", "TensorFlowEvent", "PrometheusMetric", "Custom", "Push")
+NAS_ALGORITHMS = ("enas", "darts")
 DISTRIBUTIONS = ("uniform", "logUniform", "normal", "logNormal")
 _TRIAL_PARAM_RE = re.compile(r"\$\{trialParameters\.([^}]*)\}")
-_META_REF_RE = re.compile(r"\$\{trialSpec\.(Name|Namespace|Kind|APIVersion|(Labels|Annotations)\[[^\]]+\])\}")
 
 # Trial kinds Katib treats as jobs: they need a primaryContainerName.
 JOB_LIKE_KINDS = ("Job", "PyTorchJob", "TFJob", "XGBoostJob", "MPIJob", "PaddleJob", "JAXJob")
@@ -105,7 +106,7 @@ def _text(value: str, path: str) -> None:
         raise SpecError(path, "must not be empty")
 
 
-SETTINGS: dict[str, dict[str, Check]] = {
+SETTINGS: dict[str, dict[str, Check] | None] = {  # None: settings the service reads freely
     "random": {"random_state": _integer(0)},
     "tpe": {
         "gamma": _real(0, 1),
@@ -133,6 +134,14 @@ SETTINGS: dict[str, dict[str, Check]] = {
     },
     "sobol": {"random_state": _integer(0)},
     "hyperband": {"r_l": _real(0), "resource_name": _text, "eta": _real(1)},
+    "pbt": {
+        "suggestion_trial_dir": _text,
+        "n_population": _integer(5),
+        "truncation_threshold": _real(0, 1),
+        "resample_probability": _real(0, 1),
+    },
+    "enas": None,
+    "darts": None,
 }
 EARLY_STOPPING_SETTINGS: dict[str, Check] = {"min_trials_required": _integer(1), "start_step": _integer(1)}
 
@@ -148,8 +157,6 @@ def parse_experiment(
     spec = c.mapping(doc, "spec", "", required=True)
     assert spec is not None
     c.reject_unknown(spec, _SPEC_FIELDS, "spec", "an Experiment spec")
-    if spec.get("nasConfig") is not None:
-        raise SpecError("spec.nasConfig", "neural architecture search is not supported by kubeflow-tasks")
 
     objective = _objective(spec)
     parameters = _parameters(spec)
@@ -168,7 +175,8 @@ def parse_experiment(
     resume = c.string(
         spec, "resumePolicy", "spec", default="Never", choices=("Never", "LongRunning", "FromVolume")
     )
-    collector_kind, metrics_format = _metrics_collector(spec)
+    collectors = v.default_metrics_collector(spec)
+    collector_kind, metrics_format = v.validate_metrics_collector(collectors)
     template = _trial_template(spec, {p.name for p in parameters})
 
     # The defaulting webhook's work, so the stored manifest is what the cluster would hold.
@@ -178,12 +186,11 @@ def parse_experiment(
     defaulted["objective"]["metricStrategies"] = [
         {"name": m, "value": v} for m, v in objective.metric_strategies
     ]
-    mcs = defaulted["metricsCollectorSpec"] = defaulted.get("metricsCollectorSpec") or {}
-    mcs["collector"] = {**(mcs.get("collector") or {}), "kind": collector_kind}
+    defaulted["metricsCollectorSpec"] = collectors
     trial = defaulted["trialTemplate"]
     trial["successCondition"] = template.success_condition
     trial["failureCondition"] = template.failure_condition
-    labels = TRIAL_DEFAULTS.get(template.trial_spec["kind"], (None, None))[1]
+    labels = TRIAL_DEFAULTS.get(template.trial_spec.get("kind"), (None, None))[1]
     if labels and "primaryPodLabels" not in trial:
         trial["primaryPodLabels"] = dict(labels)
 
@@ -201,6 +208,7 @@ def parse_experiment(
         max_failed_trial_count=max_failed,
         early_stopping=_early_stopping(spec),
         metrics_format=metrics_format,
+        metrics_collector=collector_kind,
         resume_policy=resume,
     )
 
@@ -253,10 +261,13 @@ def _named_entries(obj: Mapping[str, Any], key: str, path: str) -> Iterator[tupl
 
 
 def _settings(
-    raw: Mapping[str, Any], path: str, known: Mapping[str, Check], owner: str
+    raw: Mapping[str, Any], path: str, known: Mapping[str, Check] | None, owner: str
 ) -> tuple[tuple[str, str], ...]:
     result = []
     for spath, name, entry in _named_entries(raw, "algorithmSettings", path):
+        if known is None:
+            result.append((name, c.string(entry, "value", spath) or ""))
+            continue
         if name not in known:
             raise SpecError(
                 c.join(spath, "name"), f"unknown setting {name!r} for {owner} (known: {c.names(known)})"
@@ -274,11 +285,6 @@ def _algorithm(spec: Mapping[str, Any], parameters: tuple[ParameterSpec, ...]) -
     c.reject_unknown(raw, ("algorithmName", "algorithmSettings"), path, "algorithm")
     name = c.string(raw, "algorithmName", path, required=True)
     where = c.join(path, "algorithmName")
-    if name in UNSUPPORTED_ALGORITHMS:
-        raise SpecError(
-            where,
-            f"{name!r} is a Katib algorithm that is not supported by kubeflow-tasks (use one of {', '.join(SETTINGS)})",
-        )
     if name not in SETTINGS:
         raise SpecError(where, f"unknown algorithm {name!r}; expected one of {', '.join(SETTINGS)}")
     algorithm = AlgorithmSpec(name=name, settings=_settings(raw, path, SETTINGS[name], f"algorithm {name!r}"))
@@ -307,9 +313,13 @@ def _algorithm(spec: Mapping[str, Any], parameters: tuple[ParameterSpec, ...]) -
 
 
 def _parameters(spec: Mapping[str, Any]) -> tuple[ParameterSpec, ...]:
-    raw = c.items(spec, "parameters", "spec", required=True)
-    if not raw:
-        raise SpecError("spec.parameters", "must list at least one parameter")
+    """The search space; a NAS experiment has a nasConfig instead (never both)."""
+    raw = c.items(spec, "parameters", "spec")
+    nas = c.mapping(spec, "nasConfig", "spec")
+    if not raw and nas is None:
+        raise SpecError("spec.parameters", "required: spec.parameters or spec.nasConfig must be specified")
+    if raw and nas is not None:
+        raise SpecError("spec.nasConfig", "only one of spec.parameters and spec.nasConfig can be specified")
     result: list[ParameterSpec] = []
     for i, entry in enumerate(raw):
         p = _parameter(entry, f"spec.parameters[{i}]")
@@ -345,8 +355,8 @@ def _parameter(entry: Any, path: str) -> ParameterSpec:
             c.number(low, c.join(fpath, "min"), integral=integral),
             c.number(high, c.join(fpath, "max"), integral=integral),
         )
-        if lo >= hi:
-            raise SpecError(c.join(fpath, "min"), f"must be less than max ({high}), got {low}")
+        if lo > hi:  # Katib admits min == max (a fixed value, e.g. hyperband's resource)
+            raise SpecError(c.join(fpath, "min"), f"must not be greater than max ({high}), got {low}")
         if distribution in ("logUniform", "logNormal") and lo <= 0:
             raise SpecError(c.join(fpath, "min"), f"must be > 0 for a {distribution} distribution, got {low}")
         if step is not None and c.number(step, c.join(fpath, "step"), integral=integral) <= 0:
@@ -365,27 +375,6 @@ def _parameter(entry: Any, path: str) -> ParameterSpec:
     )
 
 
-def _metrics_collector(spec: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
-    path = "spec.metricsCollectorSpec"
-    raw = c.mapping(spec, "metricsCollectorSpec", "spec") or {}
-    collector = c.mapping(raw, "collector", path) or {}
-    kind = c.string(collector, "kind", c.join(path, "collector"), default="StdOut", choices=COLLECTOR_KINDS)
-    source = c.mapping(raw, "source", path) or {}
-    spath = c.join(path, "source")
-    filter_ = c.mapping(source, "filter", spath) or {}
-    fpath = c.join(spath, "filter")
-    formats = c.string_list(filter_, "metricsFormat", fpath)
-    for i, regex in enumerate(formats):
-        where = c.join(c.join(fpath, "metricsFormat"), i)
-        try:
-            groups = re.compile(regex).groups
-        except re.error as exc:
-            raise SpecError(where, f"not a valid regular expression: {exc}") from None
-        if groups < 2:
-            raise SpecError(where, "must capture the metric name and value (two groups)")
-    return kind, formats
-
-
 def _early_stopping(spec: Mapping[str, Any]) -> AlgorithmSpec | None:
     path = "spec.earlyStopping"
     raw = c.mapping(spec, "earlyStopping", "spec")
@@ -397,6 +386,7 @@ def _early_stopping(spec: Mapping[str, Any]) -> AlgorithmSpec | None:
 
 
 def _trial_template(spec: Mapping[str, Any], search_space: set[str]) -> TrialTemplateSpec:
+    """validateTrialTemplate, in Katib's order, plus our check of the primary container's name."""
     path = "spec.trialTemplate"
     raw = c.mapping(spec, "trialTemplate", "spec", required=True)
     assert raw is not None
@@ -415,46 +405,39 @@ def _trial_template(spec: Mapping[str, Any], search_space: set[str]) -> TrialTem
         path,
         "trialTemplate",
     )
+    container = c.string(raw, "primaryContainerName", path)
+    if not container:
+        raise SpecError(c.join(path, "primaryContainerName"), "required (the container whose metrics count)")
     if (raw.get("trialSpec") is None) == (raw.get("configMap") is None):
         raise SpecError(path, "must set exactly one of trialSpec and configMap")
-    if raw.get("configMap") is not None:
-        raise SpecError(
-            c.join(path, "configMap"),
-            "trial templates from a ConfigMap are not supported by kubeflow-tasks; inline it as trialSpec",
-        )
-    trial = c.mapping(raw, "trialSpec", path, required=True)
-    assert trial is not None
+    config_map = v.validate_config_map(raw, path) if raw.get("configMap") is not None else None
+    trial = c.mapping(raw, "trialSpec", path) or {}
     tpath = c.join(path, "trialSpec")
-    c.string(trial, "apiVersion", tpath, required=True)
-    kind = c.string(trial, "kind", tpath, required=True)
+    kind = None
+    if config_map is None:
+        c.string(trial, "apiVersion", tpath, required=True)
+        kind = c.string(trial, "kind", tpath, required=True)
 
     declared = _trial_parameters(raw, path, search_space)
-    _check_uses(trial, tpath, declared, c.join(path, "trialParameters"))
+    if config_map is None:
+        _check_uses(trial, tpath, declared, c.join(path, "trialParameters"))
+        v.validate_trial_metadata(trial, tpath)
+        v.validate_primary_container(trial, container, path)
 
-    container = c.string(raw, "primaryContainerName", path)
-    if kind in JOB_LIKE_KINDS and not container:
-        raise SpecError(c.join(path, "primaryContainerName"), f"required for a {kind} trial")
-    if container:
-        found = _container_names(trial)
-        if container not in found:
-            raise SpecError(
-                c.join(path, "primaryContainerName"),
-                f"no container named {container!r} in trialSpec (found: {c.names(found)})",
-            )
-
-    (success, failure), _ = TRIAL_DEFAULTS.get(kind, ((None, None), None))
+    (success, failure), _ = TRIAL_DEFAULTS.get(kind or "", ((None, None), None))
     success = c.string(raw, "successCondition", path, default=success)
     failure = c.string(raw, "failureCondition", path, default=failure)
     for key, value in (("successCondition", success), ("failureCondition", failure)):
         if not value:
-            raise SpecError(c.join(path, key), f"required for a {kind} trial (Katib has no default for it)")
+            raise SpecError(c.join(path, key), f"required for a {kind or 'ConfigMap'} trial (Katib has no default for it)")
     return TrialTemplateSpec(
         trial_parameters=declared,
         trial_spec=trial,
         primary_container_name=container,
-        success_condition=success,
-        failure_condition=failure,
+        success_condition=success or "",
+        failure_condition=failure or "",
         retain=c.boolean(raw, "retain", path),
+        config_map=config_map,
     )
 
 
@@ -470,9 +453,14 @@ def _trial_parameters(
             raise SpecError(epath, f"must be a mapping with name and reference, got {c.type_name(entry)}")
         name = c.string(entry, "name", epath, required=True)
         reference = c.string(entry, "reference", epath, required=True)
+        if "{" in name or "}" in name:
+            raise SpecError(c.join(epath, "name"), f"must not contain '{{' or '}}', got {name!r}")
         if any(p.name == name for p in result):
             raise SpecError(c.join(epath, "name"), f"duplicate trial parameter {name!r}")
-        if reference not in search_space and not _META_REF_RE.fullmatch(reference):
+        if any(p.reference == reference for p in result):
+            raise SpecError(c.join(epath, "reference"), f"duplicate reference {reference!r} (each trial parameter has its own)")
+        # A NAS experiment has no search-space names: its references (search-space, ...) are the service's.
+        if search_space and reference not in search_space and not v.is_meta_key(reference):
             raise SpecError(
                 c.join(epath, "reference"),
                 f"unknown parameter {reference!r} (search space: {c.names(search_space)}; or a meta key such as ${{trialSpec.Name}})",
@@ -512,20 +500,3 @@ def _check_uses(trial: Any, path: str, declared: tuple[TrialParameterSpec, ...],
                 f"{list_path}[{i}].name",
                 f"trial parameter {p.name!r} is not used in trialSpec (as ${{trialParameters.{p.name}}})",
             )
-
-
-def _container_names(value: Any) -> set[str]:
-    """Names of every container in a trial spec, whatever its kind (Job, PyTorchJob, ...)."""
-    found: set[str] = set()
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if key == "containers" and isinstance(item, list):
-                found.update(
-                    x["name"] for x in item if isinstance(x, Mapping) and isinstance(x.get("name"), str)
-                )
-            else:
-                found |= _container_names(item)
-    elif isinstance(value, list):
-        for item in value:
-            found |= _container_names(item)
-    return found

@@ -55,7 +55,13 @@ class Request:
 
 
 def load_ir(pipeline: str, base_dir: str, work_dir: str) -> list[dict[str, Any]]:
-    """The pipeline's IR documents (the PipelineSpec first, then an optional platform spec)."""
+    """The pipeline's IR documents (the PipelineSpec first, then an optional platform spec).
+
+    A `module:function` is compiled first; the reading and validation are the spec layer's
+    (`shared.specs.kfp_package`), the same for both backends.
+    """
+    from shared.specs.kfp_package import read_package
+
     path = Path(base_dir, pipeline)
     if not path.is_file():
         if not FUNCTION_REFERENCE.fullmatch(pipeline):
@@ -64,13 +70,7 @@ def load_ir(pipeline: str, base_dir: str, work_dir: str) -> list[dict[str, Any]]
             )
         path = Path(work_dir, "pipeline.yaml")
         _compile(_import_function(pipeline, base_dir), path)
-    try:
-        docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    except yaml.YAMLError as exc:
-        raise SpecError("pipeline", f"{path} is not valid YAML: {exc}") from None
-    if not docs or not isinstance(docs[0], dict) or "deploymentSpec" not in docs[0] or "root" not in docs[0]:
-        raise SpecError("pipeline", f"{pipeline} is not a compiled KFP pipeline (no root/deploymentSpec)")
-    return docs
+    return read_package(str(path)).ir_documents()
 
 
 def _import_function(reference: str, base_dir: str) -> Any:
