@@ -230,7 +230,7 @@ def test_unknown_pipeline_module_fails_before_running(tmp_path):
 
 def test_a_yaml_that_is_not_a_compiled_pipeline_is_rejected(tmp_path):
     (tmp_path / "run.yaml").write_text("kind: PipelineRun\n")
-    with pytest.raises(SpecError, match=r"^pipeline: run.yaml is not a compiled KFP pipeline"):
+    with pytest.raises(SpecError, match=r"run.yaml: not a compiled KFP pipeline"):
         load_ir("run.yaml", str(tmp_path), str(tmp_path))
 
 

@@ -151,7 +151,7 @@ def parse_documents(docs: list[Any], path: str) -> PipelinePackage:
             platform = doc
     if pipeline is None:
         found = f"{len(docs)} document(s) without pipelineInfo and root" if docs else "no document"
-        raise SpecError(path, f"is not a compiled KFP pipeline: {found}")
+        raise SpecError(path, f"not a compiled KFP pipeline: {found}")
     return PipelinePackage(path=path, pipeline_spec=pipeline, platform_spec=platform, documents=tuple(docs))
 
 

@@ -282,12 +282,21 @@ def run(request: Request) -> dict[str, Any]:
     """Run the pipeline with kfp.local; the JSON-safe pipeline outputs."""
     from kfp import components, local
 
+    from shared.backends.local.admission import check_kfp_platform
+
     docs = load_ir(request.pipeline, request.base_dir, request.work_dir)
+    ignored = check_kfp_platform(docs[1] if len(docs) > 1 else None)
+    if ignored:
+        print(
+            "[kubeflow-tasks] kfp-kubernetes settings without effect on this machine, ignored: "
+            + ", ".join(ignored),
+            flush=True,
+        )
     rewrite_executors(docs[0])
     arguments = pipeline_arguments(docs[0], request.parameters, os.environ)
     local_ir = Path(request.work_dir, "pipeline-local.yaml")  # what ran, kept for whoever debugs it
     local_ir.parent.mkdir(parents=True, exist_ok=True)
-    local_ir.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    local_ir.write_text(yaml.safe_dump(docs[0], sort_keys=False))  # the platform spec has no use here
     pipeline = components.load_component_from_file(str(local_ir))
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
