@@ -37,7 +37,7 @@ SCHEMA_VERSION = "2.1.0"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 PACKAGE_SUFFIXES = (".yaml", ".yml", ".json", *ARCHIVE_SUFFIXES)
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_AT_RE = re.compile(r' at "?(?P<at>[\w.\[\]\-/ ]*?)"?(\.\s| \s|\.?$)')
+_AT_RE = re.compile(r' at "?(?P<at>[^"\s]+)')
 _UNKNOWN_RE = re.compile(r'Message type "(?P<type>[\w.]+)" has no field named "(?P<field>[^"]+)"')
 _AVAILABLE_RE = re.compile(r'Available Fields\(except extensions\): "\[(?P<fields>[^\]]*)\]"')
 
@@ -227,7 +227,7 @@ def _explain(error: str, root: str) -> tuple[str, str]:
     """protobuf's nested "Failed to parse x field: ..." message -> (field path, innermost problem)."""
     inner = re.sub(r"^(Failed to parse \w+ field: )+", "", error.strip())
     at_match = _AT_RE.search(inner)
-    at = at_match["at"] if at_match else ""
+    at = at_match["at"].rstrip(".") if at_match else ""
     at = at[len(root) :].lstrip(".") if at.startswith(root) else at
     unknown = _UNKNOWN_RE.search(inner)
     if unknown:
