@@ -118,6 +118,27 @@ MALFORMED = [
         False,
     ),
     ("replicas-string", at(PYTORCH, f"{WORKER}.replicas", "2"), f"{WORKER}.replicas", "integer", True),
+    (
+        "container-field-misspelt",
+        at(PYTORCH, f"{container(MASTER)}.imagee", "x"),
+        f"{container(MASTER)}.imagee",
+        "did you mean 'image'",
+        False,
+    ),
+    (
+        "pod-spec-field-misspelt",
+        at(PYTORCH, f"{MASTER}.template.spec.nodeselector", {}),
+        f"{MASTER}.template.spec.nodeselector",
+        "did you mean 'nodeSelector'",
+        False,
+    ),
+    (
+        "env-entry-field-unknown",
+        at(PYTORCH, f"{container(MASTER)}.env", [{"name": "A", "val": "1"}]),
+        f"{container(MASTER)}.env[0].val",
+        "unknown field",
+        False,
+    ),
     ("replicas-bool", at(PYTORCH, f"{WORKER}.replicas", True), f"{WORKER}.replicas", "integer", True),
     ("replicas-negative", at(PYTORCH, f"{WORKER}.replicas", -1), f"{WORKER_ROLE}.replicas", ">= 0", False),
     (
@@ -926,6 +947,39 @@ def test_builder_manifests_match_upstream_schema(reference_specs: Path) -> None:
         assert _schema_errors(reference_specs, dict(spec.manifest)) == []
 
 
+@pytest.mark.parametrize("kind", ["PyTorchJob", "TFJob"])
+def test_pod_template_fields_are_the_crd_schema_fields(reference_specs: Path, kind: str) -> None:
+    """kubectl's strict field validation refuses what the CRD's structural schema lacks: our lists
+    of pod template, PodSpec and Container fields are exactly the schema's."""
+    from shared.specs import pod_fields
+
+    spec = _crd_schema(reference_specs, kind)["properties"]["spec"]["properties"]
+    replica = spec["pytorchReplicaSpecs" if kind == "PyTorchJob" else "tfReplicaSpecs"]["additionalProperties"]
+    template = replica["properties"]["template"]
+    pod = template["properties"]["spec"]
+    box = pod["properties"]["containers"]["items"]["properties"]
+    pairs = [
+        (pod_fields.TEMPLATE, template),
+        (pod_fields.POD_SPEC, pod),
+        (pod_fields.CONTAINER, pod["properties"]["containers"]["items"]),
+        (pod_fields.CONTAINER, pod["properties"]["initContainers"]["items"]),
+        (pod_fields.ENV_VAR, box["env"]["items"]),
+        (pod_fields.PORT, box["ports"]["items"]),
+        (pod_fields.RESOURCES, box["resources"]),
+        (pod_fields.VOLUME_MOUNT, box["volumeMounts"]["items"]),
+    ]
+    for ours, schema in pairs:
+        assert set(ours) == set(schema["properties"])
+
+
+def test_a_job_trial_is_checked_as_a_batch_job() -> None:
+    doc = at(RANDOM, f"{TRIAL}.trialSpec.spec.template.spec.containers[0].comand", ["x"])
+    with pytest.raises(SpecError) as info:
+        parse_experiment(doc)
+    assert info.value.path == f"{TRIAL}.trialSpec.spec.template.spec.containers[0].comand"
+    assert "did you mean 'command'" in str(info.value)
+
+
 SCHEMA_LEVEL = [c for c in MALFORMED if c[4]]
 _MAP_KEY = re.compile(r"\[[A-Za-z]")  # `[Master]`: how the webhooks, never the schema, write a map entry
 
@@ -936,7 +990,10 @@ def test_schema_errors_use_the_schema_spelling_and_webhook_errors_the_webhook_sp
     assert [c[0] for c in replica_rows if c[4] and _MAP_KEY.search(c[2])] == []
     # our own checks of fields the webhooks never look at keep the schema's spelling
     own = (".restartPolicy", ".name")
-    webhook_level = [c for c in replica_rows if not c[4] and not c[2].endswith(own)]
+    # unknown fields are refused by the API server's strict field validation: the schema's spelling
+    strict = {"container-field-misspelt", "pod-spec-field-misspelt", "env-entry-field-unknown"}
+    webhook_level = [c for c in replica_rows if not c[4] and not c[2].endswith(own) and c[0] not in strict]
+    assert [c[0] for c in replica_rows if c[0] in strict and _MAP_KEY.search(c[2])] == []
     assert webhook_level and [c[0] for c in webhook_level if not _MAP_KEY.search(c[2])] == []
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from shared.errors import SpecError
 from shared.specs import common as c
 from shared.specs import katib_validator as v
+from shared.specs import pod_fields
 from shared.specs.model import (
     AlgorithmSpec,
     ExperimentSpec,
@@ -422,6 +423,8 @@ def _trial_template(spec: Mapping[str, Any], search_space: set[str]) -> TrialTem
     if config_map is None:
         _check_uses(trial, tpath, declared, c.join(path, "trialParameters"))
         v.validate_trial_metadata(trial, tpath)
+        if trial.get("apiVersion") == "batch/v1" and kind == "Job":
+            pod_fields.check_job(trial, tpath)
         v.validate_primary_container(trial, container, path)
 
     (success, failure), _ = TRIAL_DEFAULTS.get(kind or "", ((None, None), None))
