@@ -126,20 +126,23 @@ def test_a_trial_that_writes_no_metrics_file_is_metrics_unavailable(conformance:
     doc = example(conformance, "metrics-collector/file-metrics-collector.yaml", "text")
     container = doc["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]
     container["command"] = [sys.executable, "-c", "print('accuracy=0.5')", "${trialParameters.learningRate}", "${trialParameters.momentum}"]
+    doc["spec"].update(maxTrialCount=1, parallelTrialCount=1)
     status, lines = run(doc, tmp_path / "run")
     # stdout is not what a File collector reads
     assert status.state is State.FAILED and status.outputs["trials_metrics_unavailable"] == 1
     assert any("mnist.log" in line for line in lines)
 
 
-def test_json_values_count_only_as_strings_and_a_bad_line_ends_the_parse(tmp_path: Path) -> None:
+def test_json_values_count_only_as_strings_and_a_bad_line_fails_the_file(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
-    path.write_text('{"loss": "0.5"}\n{"loss": 0.1}\nnot json\n{"loss": "0.01"}\n')
+    path.write_text('{"loss": "0.5"}\n{"loss": 0.1}\n\n{"loss": "0.01", "timestamp": 1.5}\n')
     collector = MetricsCollector(["loss"])
-    lines: list[str] = []
+    collect(FileSource("File", "/x/m.json", "JSON"), path, collector, print)
+    assert collector.objective_values == [0.5, 0.01]  # a number is not taken, as in Katib
+    path.write_text('{"loss": "0.5"}\nnot json\n')
+    collector, lines = MetricsCollector(["loss"]), []
     collect(FileSource("File", "/x/m.json", "JSON"), path, collector, lines.append)
-    assert collector.objective_values == [0.5]
-    assert "line 3 is not JSON" in lines[0]
+    assert collector.objective_values == [] and "line 2 is not a JSON object" in lines[0]
 
 
 def test_tf_event_metric_with_a_folder_reads_only_that_folder(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Specs: what to run, parsed once from a file, a mapping or Python arguments, and validated here.
 
 `load_spec` accepts the upstream manifests as users already write them (PyTorchJob/TFJob,
-Katib Experiment), our `PipelineRun` document, and a compiled KFP pipeline YAML. Only PyYAML is
-imported, so schedulers can import this cheaply.
+Katib Experiment), our `PipelineRun` document, and a compiled KFP pipeline package. Only PyYAML is
+imported (and, to validate a compiled pipeline, KFP's generated protobuf messages, not the kfp
+SDK), so schedulers can import this cheaply.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import sys
 import tarfile
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -49,7 +49,6 @@ class PipelinePackage:
     path: str
     pipeline_spec: Mapping[str, Any]
     platform_spec: Mapping[str, Any] | None = None
-    documents: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)  # as read, in order
 
     @property
     def name(self) -> str:
@@ -152,7 +151,7 @@ def parse_documents(docs: list[Any], path: str) -> PipelinePackage:
     if pipeline is None:
         found = f"{len(docs)} document(s) without pipelineInfo and root" if docs else "no document"
         raise SpecError(path, f"not a compiled KFP pipeline: {found}")
-    return PipelinePackage(path=path, pipeline_spec=pipeline, platform_spec=platform, documents=tuple(docs))
+    return PipelinePackage(path=path, pipeline_spec=pipeline, platform_spec=platform)
 
 
 def validate_pipeline_spec(doc: Mapping[str, Any]) -> None:

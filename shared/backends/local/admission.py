@@ -9,6 +9,7 @@ Settings without effect on this machine (where a pod is scheduled, its labels) a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -128,9 +129,9 @@ def _command(container: Mapping[str, Any], path: str) -> None:
 
 def _pipeline(spec: PipelineRunSpec) -> None:
     """A compiled pipeline's kfp-kubernetes settings; a `module:function` is checked when compiled."""
-    from shared.specs.kfp_package import is_package_path, read_package
+    from shared.specs.kfp_package import read_package
 
-    if not is_package_path(spec.pipeline):
+    if not os.path.isfile(spec.pipeline):
         return
     check_kfp_platform(read_package(spec.pipeline).platform_spec)
 

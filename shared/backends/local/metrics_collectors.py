@@ -5,8 +5,8 @@ directory) once the training container has finished. Here the same happens when 
 process exits, with Katib's parsing rules:
 - File, TEXT: every line goes through the StdOut rules (the filter regexes, else the default);
 - File, JSON: every line is one JSON object; a metric is the value of its name's key, which
-  Katib takes only when it is a string (`{"loss": "0.25"}`); a line that is not JSON ends the
-  parse, as Katib's collector fails on it;
+  Katib takes only when it is a string (`{"loss": "0.25"}`); a line that is not a JSON object
+  fails the whole file, as in Katib's collector;
 - TensorFlowEvent: every event file (`*tfevents*`) under the directory, read with TensorBoard's
   own reader; a metric `loss` is every tensor summary whose tag starts with `loss`, and a metric
   `test/loss` one whose tag starts with `loss` in a file under a `test` folder (Katib's
@@ -99,16 +99,19 @@ def _lines(path: Path, log: Callable[[str], None]) -> list[str]:
 
 
 def _json_lines(path: Path, collector: MetricsCollector, log: Callable[[str], None]) -> None:
+    records = []
     for number, line in enumerate(_lines(path, log), 1):
-        if not line.strip():
+        if not line:
             continue
         try:
             record = json.loads(line)
         except ValueError:
-            log(f"[kubeflow-tasks] metrics file {path}: line {number} is not JSON; metrics after it are not read")
-            return
+            record = None
         if not isinstance(record, dict):
-            continue
+            log(f"[kubeflow-tasks] metrics file {path}: line {number} is not a JSON object; no metrics read")
+            return  # Katib's collector fails on the file: none of its metrics count
+        records.append(record)
+    for record in records:
         for name in collector.metric_names:
             value = record.get(name)
             if isinstance(value, str):
