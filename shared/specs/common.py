@@ -225,13 +225,18 @@ def load_documents(path: str) -> list[Any]:
         raise SpecError(path, f"cannot read the spec file: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise SpecError(path, "not UTF-8 text") from None
+    return parse_documents(text, path, as_json=path.endswith(".json"))
+
+
+def parse_documents(text: str, where: str, *, as_json: bool = False) -> list[Any]:
+    """The non-empty documents of YAML (or JSON) text read from `where`; errors in one line."""
     try:
-        if path.endswith(".json"):
+        if as_json:
             return [json.loads(text)]
         return [d for d in yaml.safe_load_all(text) if d is not None]
     except (yaml.YAMLError, ValueError) as exc:
-        kind = "JSON" if path.endswith(".json") else "YAML"
-        raise SpecError(path, f"not valid {kind}: {' '.join(str(exc).split())}") from None
+        kind = "JSON" if as_json else "YAML"
+        raise SpecError(where, f"not valid {kind}: {' '.join(str(exc).split())}") from None
 
 
 def load_document(path: str) -> dict[str, Any]:

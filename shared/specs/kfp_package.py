@@ -28,8 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from shared.errors import SpecError
 from shared.specs import common as c
 
@@ -104,11 +102,7 @@ def read_documents(path: str) -> list[Any]:
             data = f.read()
     except OSError as exc:
         raise SpecError(path, f"cannot read the pipeline package: {exc.strerror or exc}") from None
-    text = _unpack(data, path)
-    try:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise SpecError(path, f"the pipeline in the package is not valid YAML: {' '.join(str(exc).split())}") from None
+    return c.parse_documents(_unpack(data, path), path)
 
 
 def _unpack(data: bytes, path: str) -> str:
