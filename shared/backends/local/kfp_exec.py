@@ -198,6 +198,57 @@ def _check_installed(component: str, requirement: str) -> None:
         )
 
 
+# ---------------------------------------------------------------- container components
+
+
+def container_components(ir: dict[str, Any]) -> list[str]:
+    """Rewrite each container component (an image's command, not a lightweight Python function)
+    to run on this host through `host_launcher`, in place; their component names.
+
+    The launcher gets the component's output paths (as placeholders kfp.local resolves) so that it
+    can create their folders, as KFP's launcher does on a cluster.
+    """
+    found = []
+    for label, executor in (ir.get("deploymentSpec", {}).get("executors") or {}).items():
+        container = executor.get("container")
+        if container is None:
+            continue
+        command = [*container.get("command", []), *container.get("args", [])]
+        if any("kfp.dsl.executor_main" in str(part) for part in command):
+            continue
+        component = _component_by_executor(ir, label)
+        outputs = component.get("outputDefinitions") or {}
+        placeholders = [
+            *(f"{{{{$.outputs.parameters['{name}'].output_file}}}}" for name in outputs.get("parameters") or {}),
+            *(f"{{{{$.outputs.artifacts['{name}'].path}}}}" for name in outputs.get("artifacts") or {}),
+        ]
+        launcher = [sys.executable, "-m", "shared.backends.local.host_launcher"]
+        for placeholder in placeholders:
+            launcher += ["--output", placeholder]
+        container["command"] = [*launcher, "--", *container.get("command", [])]
+        found.append(_component_name(ir, label))
+    return found
+
+
+def _component_by_executor(ir: Mapping[str, Any], executor_label: str) -> Mapping[str, Any]:
+    for component in (ir.get("components") or {}).values():
+        if component.get("executorLabel") == executor_label:
+            return component
+    return {}
+
+
+def _allow_container_components() -> None:
+    """kfp.local's SubprocessRunner refuses container components only because it cannot run their
+    image; here the image is not used at all (a run on this host, like a training replica), so
+    that one check is lifted for this child process. Containerized Python components stay refused:
+    their code is inside the image."""
+    from kfp.local import subprocess_task_handler
+
+    subprocess_task_handler.SubprocessTaskHandler.validate_not_container_component = (  # type: ignore[method-assign]
+        lambda self, full_command: None
+    )
+
+
 # ---------------------------------------------------------------- parameters
 
 
@@ -293,6 +344,14 @@ def run(request: Request) -> dict[str, Any]:
             flush=True,
         )
     rewrite_executors(docs[0])
+    containers = container_components(docs[0])
+    if containers:
+        _allow_container_components()
+        print(
+            "[kubeflow-tasks] container components run on this host like training replicas: their image "
+            f"is not used, so their command must exist here ({', '.join(containers)})",
+            flush=True,
+        )
     arguments = pipeline_arguments(docs[0], request.parameters, os.environ)
     local_ir = Path(request.work_dir, "pipeline-local.yaml")  # what ran, kept for whoever debugs it
     local_ir.parent.mkdir(parents=True, exist_ok=True)
