@@ -14,7 +14,8 @@ from typing import Any
 from shared.errors import SpecError
 from shared.specs import Spec, load_spec
 from shared.specs.builders import pipeline_run
-from shared.specs.common import load_document
+from shared.specs.common import load_documents, single_document
+from shared.specs.kfp_package import is_archive
 from shared.specs.pipeline import is_compiled_pipeline
 from shared.status import Kind
 
@@ -58,9 +59,12 @@ def resolve_spec(
     path = os.path.join(base_dir, os.path.expanduser(text))
     if name is None:
         return load_spec(path, kind=kind, params=params)
-    document = load_document(path)
-    if is_compiled_pipeline(document):
+    if is_archive(path):
         return pipeline_run(path, name=name, parameters=params, base_dir=os.path.dirname(path))
+    documents = load_documents(path)  # a compiled pipeline may hold a platform spec too
+    if any(isinstance(d, Mapping) and is_compiled_pipeline(d) for d in documents):
+        return pipeline_run(path, name=name, parameters=params, base_dir=os.path.dirname(path))
+    document = single_document(documents, path)
     return load_spec(_renamed(document, name), kind=kind, params=params, base_dir=os.path.dirname(path))
 
 

@@ -30,6 +30,18 @@ def reference_specs() -> Path:
     return specs
 
 
+@pytest.fixture(scope="session")
+def conformance() -> Path:
+    """`../shared/conformance`: real upstream manifests and the verdict upstream gives each."""
+    corpus = REFERENCE_DIR / "conformance"
+    if not (corpus / "expected.tsv").is_file():
+        pytest.skip(
+            f"conformance corpus not found at {corpus}: these tests read ../shared/conformance "
+            "beside the checkout (or set KUBEFLOW_TASKS_REFERENCE_DIR)"
+        )
+    return corpus
+
+
 @pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private state root for local runs, also handed to subprocesses through the environment."""

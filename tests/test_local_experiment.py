@@ -294,7 +294,7 @@ def test_stop_kills_every_trial_process_group(tmp_path: Path) -> None:
 def test_unrunnable_templates_are_spec_errors(tmp_path: Path) -> None:
     spec = experiment("print('loss=1')", tmp_path, maxTrialCount=3)
     manifest = json.loads(json.dumps(spec.manifest))
-    manifest["spec"]["metricsCollectorSpec"] = {"collector": {"kind": "File"}}
+    manifest["spec"]["metricsCollectorSpec"] = {"collector": {"kind": "PrometheusMetric"}}
     with pytest.raises(SpecError) as info:
         ExperimentRunner(parse_experiment(manifest, str(tmp_path)), Recorder(tmp_path).ctx)
     assert info.value.path == "spec.metricsCollectorSpec.collector.kind"

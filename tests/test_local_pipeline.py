@@ -230,7 +230,7 @@ def test_unknown_pipeline_module_fails_before_running(tmp_path):
 
 def test_a_yaml_that_is_not_a_compiled_pipeline_is_rejected(tmp_path):
     (tmp_path / "run.yaml").write_text("kind: PipelineRun\n")
-    with pytest.raises(SpecError, match=r"^pipeline: run.yaml is not a compiled KFP pipeline"):
+    with pytest.raises(SpecError, match=r"run.yaml: not a compiled KFP pipeline"):
         load_ir("run.yaml", str(tmp_path), str(tmp_path))
 
 
@@ -406,3 +406,20 @@ def test_task_log_ignores_task_output_that_looks_like_kfp_lines():
         log.feed(line)
     assert log.tasks == {"train": "SUCCEEDED"}
     assert log.failure_message() is None
+
+
+@pytest.mark.e2e
+def test_container_components_run_on_the_host(tmp_path):
+    run = make_run(tmp_path, "container:container_pipeline", {"text": "hi"})
+    status = run.runner.run()
+    assert status.state == State.SUCCEEDED, status.message
+    assert status.outputs["outputs"]["Output"] == 3  # "HI!" written by sh, counted in Python
+    said = [line for line in run.lines if "container components run on this host" in line]
+    assert len(said) == 1 and "(shout)" in said[0]
+
+
+@pytest.mark.e2e
+def test_a_container_component_whose_command_is_missing_here_fails_naming_it(tmp_path):
+    status = make_run(tmp_path, "container:missing_pipeline").runner.run()
+    assert status.state == State.FAILED
+    assert "no-such-program-here" in status.message, status.message

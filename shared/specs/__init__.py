@@ -1,8 +1,9 @@
 """Specs: what to run, parsed once from a file, a mapping or Python arguments, and validated here.
 
 `load_spec` accepts the upstream manifests as users already write them (PyTorchJob/TFJob,
-Katib Experiment), our `PipelineRun` document, and a compiled KFP pipeline YAML. Only PyYAML is
-imported, so schedulers can import this cheaply.
+Katib Experiment), our `PipelineRun` document, and a compiled KFP pipeline package. Only PyYAML is
+imported (and, to validate a compiled pipeline, KFP's generated protobuf messages, not the kfp
+SDK), so schedulers can import this cheaply.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.errors import SpecError
-from shared.specs import common
+from shared.specs import common, kfp_package
 from shared.specs.experiment import parse_experiment
 from shared.specs.model import (
     AlgorithmSpec,
@@ -28,7 +29,7 @@ from shared.specs.model import (
     TrialParameterSpec,
     TrialTemplateSpec,
 )
-from shared.specs.pipeline import is_compiled_pipeline, parse_pipeline_run
+from shared.specs.pipeline import is_compiled_pipeline, parse_compiled_pipeline, parse_pipeline_run
 from shared.specs.training import FRAMEWORKS, parse_training_job
 from shared.status import Kind
 
@@ -97,26 +98,32 @@ def load_spec(
         manifest = dict(source)
     else:
         path = os.fspath(source)
-        manifest = common.load_document(path)
         base_dir = base_dir or os.path.dirname(os.path.abspath(path))
+        docs = [] if kfp_package.is_archive(path) else common.load_documents(path)
+        if kfp_package.is_archive(path) or any(is_compiled_pipeline(d) for d in docs if isinstance(d, Mapping)):
+            _check_kind(kind, Kind.PIPELINE, "a compiled KFP pipeline")
+            return parse_compiled_pipeline(path, base_dir, params=params)
+        manifest = common.single_document(docs, path)
     found = infer_kind(manifest)
-    if kind is not None:
-        try:
-            wanted = Kind(kind)
-        except ValueError:
-            raise SpecError(
-                "kind", f"expected one of {', '.join(k.value for k in Kind)}, got {kind!r}"
-            ) from None
-        if wanted is not found:
-            shown = (
-                "a compiled KFP pipeline" if is_compiled_pipeline(manifest) else repr(manifest.get("kind"))
-            )
-            raise SpecError("kind", f"expected {_EXPECTED[wanted]} for {wanted.value!r}, got {shown}")
+    shown = "a compiled KFP pipeline" if is_compiled_pipeline(manifest) else repr(manifest.get("kind"))
+    _check_kind(kind, found, shown)
     if found is Kind.TRAINING_JOB:
         return parse_training_job(manifest, base_dir, params=params)
     if found is Kind.EXPERIMENT:
         return parse_experiment(manifest, base_dir, params=params)
     return parse_pipeline_run(manifest, base_dir, params=params, source=path)
+
+
+def _check_kind(kind: Kind | str | None, found: Kind, shown: str) -> None:
+    """`kind` (when given) must be what the manifest is."""
+    if kind is None:
+        return
+    try:
+        wanted = Kind(kind)
+    except ValueError:
+        raise SpecError("kind", f"expected one of {', '.join(k.value for k in Kind)}, got {kind!r}") from None
+    if wanted is not found:
+        raise SpecError("kind", f"expected {_EXPECTED[wanted]} for {wanted.value!r}, got {shown}")
 
 
 def require_resource(spec: Spec, resource: str | None, task: str) -> Spec:

@@ -216,20 +216,36 @@ def metadata(manifest: Mapping[str, Any]) -> tuple[str, str | None]:
 # ---------------------------------------------------------------- documents and ${params.X}
 
 
-def load_document(path: str) -> dict[str, Any]:
-    """One YAML or JSON mapping from a file, with parse errors reduced to one line."""
+def load_documents(path: str) -> list[Any]:
+    """Every non-empty YAML document of a file (a JSON file is one), parse errors in one line."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
         raise SpecError(path, f"cannot read the spec file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SpecError(path, "not UTF-8 text") from None
+    return parse_documents(text, path, as_json=path.endswith(".json"))
+
+
+def parse_documents(text: str, where: str, *, as_json: bool = False) -> list[Any]:
+    """The non-empty documents of YAML (or JSON) text read from `where`; errors in one line."""
     try:
-        if path.endswith(".json"):
-            docs = [json.loads(text)]
-        else:
-            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        if as_json:
+            return [json.loads(text)]
+        return [d for d in yaml.safe_load_all(text) if d is not None]
     except (yaml.YAMLError, ValueError) as exc:
-        raise SpecError(path, f"not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}") from None
+        kind = "JSON" if as_json else "YAML"
+        raise SpecError(where, f"not valid {kind}: {' '.join(str(exc).split())}") from None
+
+
+def load_document(path: str) -> dict[str, Any]:
+    """One YAML or JSON mapping from a file, with parse errors reduced to one line."""
+    return single_document(load_documents(path), path)
+
+
+def single_document(docs: list[Any], path: str) -> dict[str, Any]:
+    """The one mapping a manifest file holds (a Kubernetes manifest here is one object)."""
     if len(docs) != 1:
         raise SpecError(path, f"must hold exactly one document, found {len(docs)}")
     if not isinstance(docs[0], Mapping):

@@ -109,6 +109,7 @@ class TrialTemplateSpec:
     success_condition: str
     failure_condition: str
     retain: bool = False
+    config_map: Mapping[str, str] | None = None  # configMapName/Namespace/templatePath: the cluster reads it
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class ExperimentSpec:
     max_failed_trial_count: int | None = None
     early_stopping: AlgorithmSpec | None = None
     metrics_format: tuple[str, ...] = ()  # regexes from metricsCollectorSpec.source.filter.metricsFormat
+    metrics_collector: str = "StdOut"  # metricsCollectorSpec.collector.kind
     resume_policy: str = "Never"
     kind: Kind = field(default=Kind.EXPERIMENT, init=False)
 

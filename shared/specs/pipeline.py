@@ -1,7 +1,8 @@
-"""KFP pipeline runs: our `PipelineRun` document, or a compiled KFP pipeline YAML given directly.
+"""KFP pipeline runs: our `PipelineRun` document, or a compiled KFP pipeline package given directly.
 
-The pipeline itself is not imported or compiled here (that needs kfp); a `module:function`
-reference is checked for syntax only, a file reference must exist.
+A `module:function` reference is checked for syntax only (importing and compiling it needs kfp
+and the user's code, which the backend does); a compiled pipeline is read and validated as the
+KFP server would (`kfp_package`), with its inputs checked against the run's parameters.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from shared.errors import SpecError
 from shared.specs import common as c
+from shared.specs import kfp_package
 from shared.specs.model import PipelineRunSpec
 
 API_VERSION = "kubeflow-tasks/v1"
@@ -22,8 +24,8 @@ _FUNCTION_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
 def is_compiled_pipeline(doc: Mapping[str, Any]) -> bool:
-    """A compiled KFP PipelineSpec (what `kfp.compiler` writes) has these two top-level keys."""
-    return "pipelineInfo" in doc and "root" in doc
+    """A compiled KFP PipelineSpec (what `kfp.compiler` writes), judged by its top-level keys."""
+    return kfp_package.looks_like_pipeline_spec(doc)
 
 
 def parse_pipeline_run(
@@ -50,7 +52,7 @@ def parse_pipeline_run(
     pipeline = _pipeline_ref(c.string(spec, "pipeline", "spec", required=True), base)
     parameters = {**(c.mapping(spec, "parameters", "spec") or {}), **dict(params or {})}
     if not _FUNCTION_RE.fullmatch(pipeline):
-        _check_inputs(c.load_document(pipeline), parameters, "spec.parameters")
+        _check_inputs(_read(pipeline, "spec.pipeline"), parameters, "spec.parameters")
     enable_caching = spec.get("enableCaching")
     if enable_caching is not None:
         enable_caching = c.boolean(spec, "enableCaching", "spec")
@@ -69,31 +71,50 @@ def parse_pipeline_run(
     )
 
 
+def parse_compiled_pipeline(
+    source: str, base_dir: str | None = None, *, params: Mapping[str, str] | None = None
+) -> PipelineRunSpec:
+    """A compiled pipeline package given directly (CLI, operator `spec=`) -> a run of it."""
+    path = os.path.abspath(source)
+    package = kfp_package.read_package(path)
+    parameters = dict(params or {})
+    _check_inputs(package, parameters, "params")
+    manifest = {
+        "apiVersion": API_VERSION,
+        "kind": "PipelineRun",
+        "metadata": {"name": package.name},
+        "spec": {"pipeline": path, "parameters": parameters},
+    }
+    return PipelineRunSpec(
+        name=package.name,
+        pipeline=path,
+        base_dir=c.resolve_base_dir(base_dir or os.path.dirname(path)),
+        parameters=parameters,
+        manifest=manifest,
+    )
+
+
 def _compiled(
     doc: Mapping[str, Any], base: str, params: Mapping[str, str] | None, source: str | None
 ) -> PipelineRunSpec:
     if source is None:
         raise SpecError("pipelineInfo", "a compiled pipeline must be given as a file path, not as a mapping")
-    info = c.mapping(doc, "pipelineInfo", "", required=True)
-    name = c.string(info, "name", "pipelineInfo", required=True)
-    path = os.path.abspath(source)
-    parameters = dict(params or {})
-    _check_inputs(doc, parameters, "params")
-    manifest = {
-        "apiVersion": API_VERSION,
-        "kind": "PipelineRun",
-        "metadata": {"name": name},
-        "spec": {"pipeline": path, "parameters": parameters},
-    }
-    return PipelineRunSpec(name=name, pipeline=path, base_dir=base, parameters=parameters, manifest=manifest)
+    return parse_compiled_pipeline(source, base, params=params)
 
 
-def _check_inputs(compiled: Mapping[str, Any], parameters: Mapping[str, Any], path: str) -> None:
+def _read(pipeline: str, path: str) -> kfp_package.PipelinePackage:
+    """The package a PipelineRun names; its own errors keep their field, prefixed by the file."""
+    try:
+        return kfp_package.read_package(pipeline)
+    except SpecError as exc:
+        if exc.path == pipeline:
+            raise SpecError(path, f"{os.path.basename(pipeline)} {exc.detail}") from None
+        raise SpecError(f"{path}({os.path.basename(pipeline)}).{exc.path}", exc.detail) from None
+
+
+def _check_inputs(package: kfp_package.PipelinePackage, parameters: Mapping[str, Any], path: str) -> None:
     """Names the compiled pipeline does not declare would only fail later, inside KFP."""
-    if not is_compiled_pipeline(compiled):
-        raise SpecError("spec.pipeline", "the file is not a compiled KFP pipeline (no pipelineInfo and root)")
-    root = compiled.get("root") or {}
-    declared = set((root.get("inputDefinitions") or {}).get("parameters") or {})
+    declared = set(package.inputs)
     for name in parameters:
         if name not in declared:
             where = path if path == "params" else c.join(path, str(name))
@@ -104,7 +125,7 @@ def _check_inputs(compiled: Mapping[str, Any], parameters: Mapping[str, Any], pa
 
 def _pipeline_ref(value: str, base: str) -> str:
     """`package.module:function` as is; anything else is a file, made absolute against base_dir."""
-    if ":" in value and not os.path.isabs(value) and not value.endswith((".yaml", ".yml", ".json")):
+    if ":" in value and not os.path.isabs(value) and not kfp_package.is_package_path(value):
         if not _FUNCTION_RE.fullmatch(value):
             raise SpecError(
                 "spec.pipeline", f"{value!r} is not 'package.module:function' nor a pipeline file"

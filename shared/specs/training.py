@@ -18,6 +18,7 @@ from typing import Any
 
 from shared.errors import SpecError
 from shared.specs import common as c
+from shared.specs import pod_fields
 from shared.specs.model import ContainerSpec, ReplicaSpec, RunPolicy, TrainingJobSpec
 
 API_VERSION = "kubeflow.org/v1"
@@ -134,6 +135,7 @@ def _replica(rtype: str, value: Any, specs_path: str, fw: _Framework) -> Replica
     if not isinstance(value, Mapping):
         raise SpecError(path, f"must be a mapping, got {c.type_name(value)}")
     c.reject_unknown(value, ("replicas", "template", "restartPolicy"), path, "a replica spec")
+    pod_fields.check_pod_template(value.get("template"), c.join(path, "template"))
     count = c.integer(value, "replicas", path, default=1)  # the CRD bounds nothing: the webhooks do
     assert count is not None
     restart = c.string(value, "restartPolicy", path, default=fw.default_restart, choices=RESTART_POLICIES)

@@ -341,6 +341,12 @@ class KfpApi:
         if not body.get("pipeline_spec") and not ref.get("pipeline_id"):
             raise KfpError(400, "Invalid input error: Failed to create a run due to missing pipeline spec or pipeline "
                            "version reference. Please specify a pipeline spec or a pipeline version reference")
+        spec = body.get("pipeline_spec") or {}
+        if "pipeline_spec" in spec:  # kfp's client form for a pipeline with a platform spec
+            if set(spec) - {"pipeline_spec", "platform_spec"}:
+                raise KfpError(400, f"Invalid input error: unknown keys beside pipeline_spec: {sorted(set(spec) - {'pipeline_spec', 'platform_spec'})}")
+            if "platform_spec" in spec and "kubernetes" not in (spec["platform_spec"] or {}).get("platforms", {}):
+                raise KfpError(400, "Invalid input error: platform spec without platforms.kubernetes")
         if ref.get("pipeline_id") and ref["pipeline_id"] not in self.pipelines:
             raise KfpError(404, f"Not found error: Failed to get pipeline {ref['pipeline_id']}")
         for plugin, value in (body.get("plugins_input") or {}).items():

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 from shared.backends.base import SubmitContext
-from shared.backends.local import procs
+from shared.backends.local import admission, procs
 from shared.backends.local.store import RunDir, Store
 from shared.errors import NotFound
 from shared.keys import object_name
@@ -53,6 +53,7 @@ class LocalBackend:
     # ------------------------------------------------------------------ submit and find
 
     def submit(self, spec: Spec, key: str, attempt: int, context: SubmitContext) -> Handle:
+        admission.check_runnable(spec)  # what only the cluster can run is refused before anything exists
         with self.store.key_lock(key):
             run = self.store.run(run_id_for(spec.name, key, attempt))
             if run.exists():  # another process won the race for this (key, attempt): adopt it

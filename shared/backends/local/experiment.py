@@ -3,7 +3,8 @@
 Each trial is the trial template with `${trialParameters.x}` substituted. A batch/v1 Job trial runs
 its primary container's command+args as one process group; a PyTorchJob/TFJob trial runs through
 `TrainingRunner`, its metrics read from the Master/Chief replica (Katib's primaryPodLabels). Metrics
-come from the output in Katib's StdOut format (`metrics.py`).
+come from the output in Katib's StdOut format (`metrics.py`), or from the files a File or
+TensorFlowEvent collector names, read when the trial's process exits (`metrics_collectors.py`).
 
 Katib's rules (experiment controller `status_util.go`, v0.19), checked after every trial change:
 1. goal reached by the best observed trial -> Succeeded `ExperimentGoalReached`;
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from shared.backends.local import procs
+from shared.backends.local import admission, metrics_collectors, procs
 from shared.backends.local.metrics import MetricsCollector
 from shared.backends.local.runner import RunContext
 from shared.backends.local.suggestions import (
@@ -167,6 +168,7 @@ class _Trial:
     state: str = RUNNING
     early_stop: bool = False
     mlflow_run: str | None = None
+    metrics_file: Path | None = None  # where a File/TensorFlowEvent collector reads, locally
     started: float = field(default_factory=time.time)
 
 
@@ -179,7 +181,8 @@ class ExperimentRunner:
     def __init__(self, spec: ExperimentSpec, ctx: RunContext):
         self.spec = spec
         self.ctx = ctx
-        self._check_collector()
+        admission.check_runnable(spec)
+        self._source = metrics_collectors.file_source(spec)
         self._suggester = make_suggester(spec)
         self._container = self._primary_container()
         self._strategies = dict(spec.objective.metric_strategies)
@@ -192,15 +195,6 @@ class ExperimentRunner:
         self._suggestions_ended = False
 
     # -- setup checks (SpecError before anything runs)
-
-    def _check_collector(self) -> None:
-        collector_spec = (self.spec.manifest.get("spec") or {}).get("metricsCollectorSpec") or {}
-        kind = (collector_spec.get("collector") or {}).get("kind", "StdOut")
-        if kind != "StdOut":
-            raise SpecError(
-                "spec.metricsCollectorSpec.collector.kind",
-                f"local trials report metrics on stdout; expected StdOut, got {kind!r}",
-            )
 
     def _primary_container(self) -> Mapping[str, Any] | None:
         trial_spec = self.spec.trial_template.trial_spec
@@ -293,6 +287,8 @@ class ExperimentRunner:
             outcome = trial.process.poll()
             if outcome is None:
                 continue
+            if self._source is not None and trial.metrics_file is not None:
+                metrics_collectors.collect(self._source, trial.metrics_file, trial.collector, self._trial_log(trial))
             if not outcome:
                 state = FAILED
             elif trial.collector.value(self.spec.objective.objective_metric_name, "latest") is None:
@@ -377,6 +373,8 @@ class ExperimentRunner:
             stop_value=self._median_value(),
         )
         trial_spec = self._trial_spec(trial)
+        if self._source is not None:
+            trial_spec, trial.metrics_file = metrics_collectors.localize(self._source, trial_spec, folder / "root")
         env = dict(self._container_env(trial_spec)) | dict(self.ctx.env) | {"KATIB_TRIAL_NAME": name}
         if self.ctx.mlflow:
             from shared import mlflow_handoff
@@ -469,7 +467,7 @@ class ExperimentRunner:
             trial.log.write(line + "\n")
             trial.log.flush()
             text = _primary_text(line) if training else line
-            if text is None:
+            if text is None or self._source is not None:  # a File/TensorFlowEvent collector reads files
                 return
             found = trial.collector.feed(text)
             if trial.stop_value is not None and any(name == objective for name, _ in found):
@@ -478,6 +476,15 @@ class ExperimentRunner:
                     self._wake.set()
 
         return on_line
+
+    def _trial_log(self, trial: _Trial) -> Callable[[str], None]:
+        def write(line: str) -> None:
+            if not trial.log.closed:
+                trial.log.write(line + "\n")
+                trial.log.flush()
+            self.ctx.log(line)
+
+        return write
 
     def _should_stop(self, trial: _Trial) -> bool:
         assert self._median is not None and trial.stop_value is not None

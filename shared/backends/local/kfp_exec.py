@@ -55,7 +55,13 @@ class Request:
 
 
 def load_ir(pipeline: str, base_dir: str, work_dir: str) -> list[dict[str, Any]]:
-    """The pipeline's IR documents (the PipelineSpec first, then an optional platform spec)."""
+    """The pipeline's IR documents (the PipelineSpec first, then an optional platform spec).
+
+    A `module:function` is compiled first; the reading and validation are the spec layer's
+    (`shared.specs.kfp_package`), the same for both backends.
+    """
+    from shared.specs.kfp_package import read_package
+
     path = Path(base_dir, pipeline)
     if not path.is_file():
         if not FUNCTION_REFERENCE.fullmatch(pipeline):
@@ -64,13 +70,7 @@ def load_ir(pipeline: str, base_dir: str, work_dir: str) -> list[dict[str, Any]]
             )
         path = Path(work_dir, "pipeline.yaml")
         _compile(_import_function(pipeline, base_dir), path)
-    try:
-        docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    except yaml.YAMLError as exc:
-        raise SpecError("pipeline", f"{path} is not valid YAML: {exc}") from None
-    if not docs or not isinstance(docs[0], dict) or "deploymentSpec" not in docs[0] or "root" not in docs[0]:
-        raise SpecError("pipeline", f"{pipeline} is not a compiled KFP pipeline (no root/deploymentSpec)")
-    return docs
+    return read_package(str(path)).ir_documents()
 
 
 def _import_function(reference: str, base_dir: str) -> Any:
@@ -198,6 +198,57 @@ def _check_installed(component: str, requirement: str) -> None:
         )
 
 
+# ---------------------------------------------------------------- container components
+
+
+def container_components(ir: dict[str, Any]) -> list[str]:
+    """Rewrite each container component (an image's command, not a lightweight Python function)
+    to run on this host through `host_launcher`, in place; their component names.
+
+    The launcher gets the component's output paths (as placeholders kfp.local resolves) so that it
+    can create their folders, as KFP's launcher does on a cluster.
+    """
+    found = []
+    for label, executor in (ir.get("deploymentSpec", {}).get("executors") or {}).items():
+        container = executor.get("container")
+        if container is None:
+            continue
+        command = [*container.get("command", []), *container.get("args", [])]
+        if any("kfp.dsl.executor_main" in str(part) for part in command):
+            continue
+        component = _component_by_executor(ir, label)
+        outputs = component.get("outputDefinitions") or {}
+        placeholders = [
+            *(f"{{{{$.outputs.parameters['{name}'].output_file}}}}" for name in outputs.get("parameters") or {}),
+            *(f"{{{{$.outputs.artifacts['{name}'].path}}}}" for name in outputs.get("artifacts") or {}),
+        ]
+        launcher = [sys.executable, "-m", "shared.backends.local.host_launcher"]
+        for placeholder in placeholders:
+            launcher += ["--output", placeholder]
+        container["command"] = [*launcher, "--", *container.get("command", [])]
+        found.append(_component_name(ir, label))
+    return found
+
+
+def _component_by_executor(ir: Mapping[str, Any], executor_label: str) -> Mapping[str, Any]:
+    for component in (ir.get("components") or {}).values():
+        if component.get("executorLabel") == executor_label:
+            return component
+    return {}
+
+
+def _allow_container_components() -> None:
+    """kfp.local's SubprocessRunner refuses container components only because it cannot run their
+    image; here the image is not used at all (a run on this host, like a training replica), so
+    that one check is lifted for this child process. Containerized Python components stay refused:
+    their code is inside the image."""
+    from kfp.local import subprocess_task_handler
+
+    subprocess_task_handler.SubprocessTaskHandler.validate_not_container_component = (  # type: ignore[method-assign]
+        lambda self, full_command: None
+    )
+
+
 # ---------------------------------------------------------------- parameters
 
 
@@ -282,12 +333,29 @@ def run(request: Request) -> dict[str, Any]:
     """Run the pipeline with kfp.local; the JSON-safe pipeline outputs."""
     from kfp import components, local
 
+    from shared.backends.local.admission import check_kfp_platform
+
     docs = load_ir(request.pipeline, request.base_dir, request.work_dir)
+    ignored = check_kfp_platform(docs[1] if len(docs) > 1 else None)
+    if ignored:
+        print(
+            "[kubeflow-tasks] kfp-kubernetes settings without effect on this machine, ignored: "
+            + ", ".join(ignored),
+            flush=True,
+        )
     rewrite_executors(docs[0])
+    containers = container_components(docs[0])
+    if containers:
+        _allow_container_components()
+        print(
+            "[kubeflow-tasks] container components run on this host like training replicas: their image "
+            f"is not used, so their command must exist here ({', '.join(containers)})",
+            flush=True,
+        )
     arguments = pipeline_arguments(docs[0], request.parameters, os.environ)
     local_ir = Path(request.work_dir, "pipeline-local.yaml")  # what ran, kept for whoever debugs it
     local_ir.parent.mkdir(parents=True, exist_ok=True)
-    local_ir.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    local_ir.write_text(yaml.safe_dump(docs[0], sort_keys=False))  # the platform spec has no use here
     pipeline = components.load_component_from_file(str(local_ir))
     local.init(
         runner=local.SubprocessRunner(use_venv=False),

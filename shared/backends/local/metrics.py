@@ -63,17 +63,23 @@ class MetricsCollector:
                 if len(match.groups()) < 2:
                     continue
                 name, raw = match.group(1).strip(), (match.group(2) or "").strip()
-                if name not in self.metric_names:
-                    continue
-                try:
-                    value = float(raw)
-                except ValueError:
-                    continue
-                self.metrics.setdefault(name, MetricSummary()).add(value)
-                if name == self.objective_name:
-                    self.objective_values.append(value)
-                found.append((name, value))
+                value = self.record(name, raw)
+                if value is not None:
+                    found.append((name, value))
         return found
+
+    def record(self, name: str, raw: str) -> float | None:
+        """Record one reported value of a wanted metric (any collector); the number, or None."""
+        if name not in self.metric_names:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            return None
+        self.metrics.setdefault(name, MetricSummary()).add(value)
+        if name == self.objective_name:
+            self.objective_values.append(value)
+        return value
 
     def value(self, name: str, strategy: str) -> float | None:
         summary = self.metrics.get(name)
