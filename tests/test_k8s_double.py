@@ -74,9 +74,9 @@ def test_create_get_list_and_status_errors(k8s_double, kube) -> None:
     with pytest.raises(ApiException) as webhook:
         co.create_namespaced_custom_object(G, "v1", NS, "pytorchjobs", pytorchjob("two-masters", master_replicas=2))
     body = json.loads(webhook.value.body)
-    assert webhook.value.status == 422
-    assert [c["field"] for c in body["details"]["causes"]] == ["spec.pytorchReplicaSpecs[Master].replicas"]
-    assert "must be 1" in body["message"] and "admission webhook" in body["message"]
+    assert webhook.value.status == 403 and "details" not in body  # as the real webhook answers
+    assert body["message"].endswith("denied the request: spec.pytorchReplicaSpecs[Master].replicas: Forbidden: must be 1") or (
+        "spec.pytorchReplicaSpecs[Master].replicas" in body["message"] and "admission webhook" in body["message"])
     with pytest.raises(ApiException) as schema:
         co.create_namespaced_custom_object(G, "v1", NS, "pytorchjobs", pytorchjob("typo", master_replicas="two"))
     causes = json.loads(schema.value.body)["details"]["causes"]
@@ -207,8 +207,8 @@ def test_experiment_trials_optimal_trial_and_cascade(k8s_double, kube) -> None:
     with pytest.raises(ApiException) as bad:
         co.create_namespaced_custom_object(G, "v1beta1", NS, "experiments", dict(experiment("bad"), spec=dict(
             experiment("bad")["spec"], algorithm={"algorithmName": "nope"})))
-    assert bad.value.status == 422
-    assert [c["field"] for c in json.loads(bad.value.body)["details"]["causes"]] == ["spec.algorithm.algorithmName"]
+    assert bad.value.status == 403
+    assert "spec.algorithm.algorithmName" in json.loads(bad.value.body)["message"]
     co.delete_namespaced_custom_object(G, "v1beta1", NS, "experiments", "tune", propagation_policy="Foreground")
     wait_for(lambda: not k8s_double.objects("experiments") and not k8s_double.objects("trials"))
 

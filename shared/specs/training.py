@@ -136,8 +136,12 @@ def _replica(rtype: str, value: Any, specs_path: str, fw: _Framework) -> Replica
         raise SpecError(path, f"must be a mapping, got {c.type_name(value)}")
     c.reject_unknown(value, ("replicas", "template", "restartPolicy"), path, "a replica spec")
     pod_fields.check_pod_template(value.get("template"), c.join(path, "template"))
-    count = c.integer(value, "replicas", path, default=1)  # the CRD bounds nothing: the webhooks do
+    count = c.integer(value, "replicas", path, default=1)  # the schema bounds nothing: the webhooks do
     assert count is not None
+    if count < 0 and rtype == "Worker" and fw.replica_key == "pytorchReplicaSpecs":
+        # The PyTorchJob CRD's scale subresource reads Worker replicas (specReplicasPath), and the API
+        # server refuses a negative value there before any webhook sees the object.
+        raise SpecError(c.join(path, "replicas"), f"Invalid value: {count}: should be a non-negative integer")
     restart = c.string(value, "restartPolicy", path, default=fw.default_restart, choices=RESTART_POLICIES)
     containers = _containers(value, path, fw)
     if rtype not in fw.replica_types:

@@ -7,10 +7,9 @@ openAPIV3Schema (422 Invalid, causes with kube-openapi field paths such as
 paths use Go's `field.Path` form (`spec.pytorchReplicaSpecs[Master].replicas`).
 
 Webhook denials: controller-runtime answers a CustomValidator error with 403 Forbidden and the
-apiserver prefixes `admission webhook "<name>" denied the request: `. The issue asks for 422 with
-`details.causes[].field`, so the double answers 422 by default; `webhook_status=403` (see
-`KubeDouble.set_behaviour`) reproduces the upstream code. Either way the message and the causes
-carry the upstream field paths.
+apiserver prefixes `admission webhook "<name>" denied the request: `; the Status has no
+`details.causes`, so the field is only in the message (as the real stack shows). Schema errors are
+422 Invalid with causes.
 """
 
 from __future__ import annotations
@@ -407,12 +406,28 @@ def invalid_status(kind: str, group: str, name: str, causes: list[Cause], prefix
     }
 
 
+SCALE_SPEC_REPLICAS = {"pytorchjobs": ("spec", "pytorchReplicaSpecs", "Worker", "replicas")}
+
+
+def scale_causes(plural: str, obj: dict[str, Any]) -> list[Cause]:
+    """The API server checks a CRD's scale subresource value (specReplicasPath) on every write, before
+    any webhook: the PyTorchJob CRD points it at the Worker replicas (seen on the real stack)."""
+    path = SCALE_SPEC_REPLICAS.get(plural)
+    value: Any = obj
+    for step in path or ():
+        value = value.get(step) if isinstance(value, dict) else None
+    if isinstance(value, int) and value < 0:
+        field = "." + ".".join(path)
+        return [Cause(field, f"Invalid value: {value}: should be a non-negative integer")]
+    return []
+
+
 class Admission:
     """Defaults, prunes and validates CRs on create/update the way a cluster with Kubeflow does."""
 
     def __init__(self, specs_dir: Path) -> None:
         self.schemas = Schemas(specs_dir)
-        self.webhook_status = 422
+        self.webhook_status = 403
 
     def admit(self, plural: str, kind: str, group: str, obj: dict[str, Any], field_validation: str = "") -> list[str]:
         """Mutates `obj` into what is stored; raises AdmissionError; returns warnings (pruned fields)."""
@@ -424,7 +439,7 @@ class Admission:
                 "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "BadRequest",
                 "code": 400, "message": "strict decoding error: " + ", ".join(f'unknown field "{d}"' for d in dropped)})
         apply_defaults(obj, schema)
-        causes = schema_causes(obj, validator)
+        causes = schema_causes(obj, validator) or scale_causes(plural, obj)
         if causes:
             raise AdmissionError(422, invalid_status(kind, group, name, causes))
         if plural == "experiments":
@@ -435,5 +450,7 @@ class Admission:
         if causes:
             code = self.webhook_status
             prefix = f'admission webhook "{WEBHOOK_NAMES[plural]}" denied the request: '
-            raise AdmissionError(code, invalid_status(kind, group, name, causes, prefix, code))
+            denied = invalid_status(kind, group, name, causes, prefix, code)
+            denied.pop("details")  # a webhook's denial carries its reasons in the message only
+            raise AdmissionError(code, denied)
         return [f'unknown field "{d}"' for d in dropped] if field_validation in ("", "Warn") else []
