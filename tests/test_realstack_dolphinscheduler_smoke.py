@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.realstack import dolphinscheduler as ds
+from tests.realstack.build import testenv_dir
 from tests.realstack.dolphinscheduler_api import RestApi
 from tests.waiting import wait_until
 
@@ -25,7 +26,6 @@ pytestmark = [pytest.mark.real, pytest.mark.timeout(1800)]
 
 SCRIPTS = Path(__file__).parent / "scripts"
 FINAL_STATES = {"SUCCESS", "FAILURE", "STOP", "PAUSE", "KILL"}  # 3.1 WorkflowExecutionStatus names
-TESTENV = Path(os.environ.get("KUBEFLOW_TASKS_TESTENV", "~/.cache/kubeflow-tasks/testenv")).expanduser()
 
 
 # Task processes the tests saw alive; the fixture asserts that stopping the server leaves none of them.
@@ -34,8 +34,9 @@ SEEN_TASK_PIDS: list[int] = []
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    ds.build(TESTENV, ds.DEFAULT_VERSION, print)
-    proc, state = ds.start(TESTENV, ds.DEFAULT_VERSION, tmp_path_factory.mktemp("dolphinscheduler"))
+    root = testenv_dir()  # built there by `make testenv` (a no-op when it already is)
+    ds.build(root, ds.version(), print)
+    proc, state = ds.start(root, ds.version(), tmp_path_factory.mktemp("dolphinscheduler"))
     try:
         yield {**state, "pid": proc.pid}
     finally:

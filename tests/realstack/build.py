@@ -216,6 +216,23 @@ def build(progress: Callable[[str], None] = print, only: str | None = None) -> P
     return root
 
 
+def ensure_system_tools(progress: Callable[[str], None]) -> None:
+    """DolphinScheduler's worker kills a task's tree with `sudo ... kill` and finds it with `pstree`
+    (psmisc): install them from Debian when we may (root), else say what is missing in one line."""
+    missing = [pkg for tool, pkg in (("sudo", "sudo"), ("pstree", "psmisc")) if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise BuildError(f"testenv: the DolphinScheduler worker needs {' and '.join(missing)}: "
+                         f"apt-get install -y {' '.join(missing)}")
+    progress(f"installing {' '.join(missing)} from Debian")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise BuildError(f"testenv: could not install {' '.join(missing)}: {last}")
+
+
 def _extra_steps(only: str | None) -> list[tuple[str, Callable[[Path, Callable[[str], None]], None]]]:
     """Builds that live in their own modules (DolphinScheduler), when present."""
     if only not in (None, "dolphinscheduler"):

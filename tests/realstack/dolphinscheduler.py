@@ -372,8 +372,9 @@ def version() -> str:
 
 def build_step(root: Path, progress: Callable[[str], None]) -> None:
     """`make testenv`'s DolphinScheduler step; a failure is one line (BuildError)."""
-    from tests.realstack.build import BuildError
+    from tests.realstack.build import BuildError, ensure_system_tools
 
+    ensure_system_tools(progress)
     try:
         build(root, version(), progress)
     except RuntimeError as exc:
