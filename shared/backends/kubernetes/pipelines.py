@@ -57,7 +57,7 @@ def create_once_then_find(create: Callable[[], Any], find: Callable[[], Any]) ->
 
 def pipeline_docs(spec: PipelineRunSpec) -> list[dict[str, Any]]:
     """The compiled pipeline (PipelineSpec, then an optional platform spec), compiled once per process."""
-    from shared.backends.local.kfp_exec import load_ir
+    from shared.specs.pipeline_ir import load_ir
 
     cache_key = (spec.pipeline, spec.base_dir)
     with _COMPILED_LOCK:
@@ -79,7 +79,7 @@ def run_body(
 
     Compiling and checking the parameters happens here, before anything is sent; the caller adds
     the experiment id, which may need a request."""
-    from shared.backends.local.kfp_exec import pipeline_arguments
+    from shared.specs.pipeline_ir import pipeline_arguments
 
     docs = pipeline_docs(spec)
     pipeline = docs[0]
