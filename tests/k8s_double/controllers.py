@@ -10,6 +10,10 @@ A background thread reconciles every `tick` seconds. Timings and outcomes come f
   so maxFailedTrialCount ends it with ExperimentFailed) | `Hang` (trials never finish).
 - `double.kubeflow-tasks.dev/run-seconds`: how long the job (or each trial) runs, e.g. "0.5".
 
+Kueue: a job labelled `kueue.x-k8s.io/queue-name` is created suspended (kube.py plays Kueue's
+mutating webhook) and admitted `Behaviour.kueue_admit_seconds` later by setting
+`spec.runPolicy.suspend` to false, as Kueue does; the operator then resumes it (Suspended=False).
+
 Conditions are written as the operators write them: training operator `setCondition` /
 `filterOutCondition` (Running and Restarting replace each other, Succeeded/Failed flip Running to
 False without touching its lastTransitionTime, nothing changes after Failed); Katib's condition
@@ -38,6 +42,7 @@ from .store import Store, now_rfc3339
 
 ANNOTATION_OUTCOME = "double.kubeflow-tasks.dev/outcome"
 ANNOTATION_RUN_SECONDS = "double.kubeflow-tasks.dev/run-seconds"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 JOB_KINDS = {"pytorchjobs": ("PyTorchJob", "pytorchReplicaSpecs", "pytorch"),
              "tfjobs": ("TFJob", "tfReplicaSpecs", "tensorflow")}
 DEFAULT_RESTART_POLICY = {"pytorchjobs": "OnFailure", "tfjobs": "Never"}  # the operator's setDefaults
@@ -55,6 +60,7 @@ class Behaviour:
     trial_outcome: str = "Succeeded"
     pod_termination_seconds: float = 0.05
     log_epochs: int = 3
+    kueue_admit_seconds: float | None = 0.2  # a queued job is admitted this long after it was seen; None: never
 
 
 @dataclass
@@ -117,6 +123,8 @@ class Controllers:
         self.jobs: dict[str, _JobState] = {}
         self.trial_started: dict[str, float] = {}
         self.deleting_since: dict[str, float] = {}
+        self.kueue_seen: dict[str, float] = {}
+        self.kueue_admitted: set[str] = set()
         self.kfp_step = lambda: None
         self.thread = threading.Thread(target=self._run, name="k8s-double-controllers", daemon=True)
 
@@ -217,6 +225,8 @@ class Controllers:
         if state.phase == "Done" or _is_true(obj, "Failed") or _is_true(obj, "Succeeded"):
             return
         suspend = bool((obj["spec"].get("runPolicy") or {}).get("suspend"))
+        if suspend and self._kueue_admits(plural, obj):
+            return
         if suspend and state.phase != "Suspended":
             for pod in self._pods(obj):
                 self._delete_dependent("pods", pod)
@@ -288,6 +298,22 @@ class Controllers:
         status["completionTime"] = now_rfc3339()
         state.phase = "Done"
         self._write_status(plural, obj, "Failed" if outcome == "Failed" else "Succeeded")
+
+    def _kueue_admits(self, plural: str, obj: dict[str, Any]) -> bool:
+        """Kueue: a suspended job with a queue-name label is admitted (spec.runPolicy.suspend set to false)
+        `kueue_admit_seconds` after it was first seen; True when it did so now."""
+        meta = obj["metadata"]
+        if not (meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL) or meta["uid"] in self.kueue_admitted:
+            return False
+        seen = self.kueue_seen.setdefault(meta["uid"], time.monotonic())
+        wait = self.behaviour.kueue_admit_seconds
+        if wait is None or time.monotonic() - seen < wait:
+            return False
+        self.kueue_admitted.add(meta["uid"])
+        obj["spec"]["runPolicy"]["suspend"] = False
+        meta["generation"] = meta.get("generation", 1) + 1
+        self._write_status(plural, obj, "Admitted")
+        return True
 
     def _past_limits(self, plural: str, obj: dict[str, Any], running_for: float) -> str | None:
         """The operator's failure message when backoffLimit or activeDeadlineSeconds is exceeded, else None."""

@@ -1,0 +1,85 @@
+"""The Kubernetes backend on the platforms users run (issue 9): Kueue, multi-user KFP, server-side
+dry run and deadlines, one retry layer, bounded cancels, adoption.
+
+Real `kubernetes` and `kfp_server_api` clients talk HTTP to the wire-level double on loopback
+(tests/k8s_double), which plays the API server, the training operator, Kueue and KFP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.backends.kubernetes import KubernetesBackend
+from shared.operations import run_async
+from shared.specs import load_spec
+from shared.status import State
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = REPO / "tests" / "data" / "specs"
+OUTCOME = "double.kubeflow-tasks.dev/outcome"
+RUN_SECONDS = "double.kubeflow-tasks.dev/run-seconds"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+pytestmark = pytest.mark.e2e
+
+
+def backend_for(double, tmp_path: Path, **options: Any) -> KubernetesBackend:
+    kubeconfig = double.write_kubeconfig(tmp_path / "kubeconfig")
+    return KubernetesBackend(
+        kubeconfig=str(kubeconfig),
+        kfp_host=double.kfp_url,
+        kfp_token=double.kfp_token,
+        kfp_poll_interval=0.2,
+        **options,
+    )
+
+
+def manifest(tmp_path: Path, name: str, source: str = "pytorch-mnist.yaml", **changes: Any) -> Path:
+    """A copy of a test manifest with another name and `labels`/`annotations`/`run_policy` merged in."""
+    doc = yaml.safe_load((SPECS / source).read_text())
+    doc["metadata"] = {"name": name, "labels": changes.get("labels", {}), "annotations": changes.get("annotations", {})}
+    if "run_policy" in changes:
+        doc["spec"].setdefault("runPolicy", {}).update(changes["run_policy"])
+    out = tmp_path / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(doc))
+    return out
+
+
+# ---------------------------------------------------------------- Kueue: Suspended is pending
+
+
+def test_a_job_queued_by_kueue_and_admitted_5s_later_succeeds_as_one_object(k8s_double, tmp_path):
+    double = k8s_double
+    double.set_behaviour(kueue_admit_seconds=5.0)
+    backend = backend_for(double, tmp_path)
+    spec = load_spec(manifest(tmp_path, "queued", labels={QUEUE_LABEL: "team-q"}, annotations={RUN_SECONDS: "0.2"}))
+    seen: list[tuple[State, str, str]] = []
+
+    outcome = asyncio.run(
+        run_async(backend, spec, "kueue/queued", timeout=60, on_status=lambda s: seen.append((s.state, s.raw_state, s.message)))
+    )
+
+    assert outcome.status.state is State.SUCCEEDED, outcome.status
+    assert (State.PENDING, "Suspended") in [(s, r) for s, r, _ in seen]
+    assert any(m.startswith("queued/suspended by Kueue (queue team-q)") for _, r, m in seen if r == "Suspended")
+    jobs = double.objects("pytorchjobs")
+    assert len(jobs) == 1 and outcome.submission.handle.attempt == 1
+    events = [what for _, what in double.events_at[f"pytorchjobs/default/{jobs[0]['metadata']['name']}"]]
+    assert events.index("Suspended") < events.index("Admitted") < events.index("Succeeded")
+
+
+def test_a_job_that_stays_suspended_past_the_deadline_is_cancelled(k8s_double, tmp_path):
+    double = k8s_double
+    double.set_behaviour(kueue_admit_seconds=None)  # never admitted
+    backend = backend_for(double, tmp_path)
+    spec = load_spec(manifest(tmp_path, "starved", labels={QUEUE_LABEL: "full-q"}))
+
+    outcome = asyncio.run(run_async(backend, spec, "kueue/starved", timeout=2))
+
+    assert outcome.timed_out and outcome.status.state is State.CANCELLED
+    assert double.objects("pytorchjobs") == []
