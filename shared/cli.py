@@ -23,7 +23,8 @@ OUTPUTS = ["text", "json", "setvalue"]
 KUBERNETES_OPTIONS = {
     "--kubeconfig": "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)",
     "--context": "kubeconfig context",
-    "--namespace": "namespace of the work",
+    "--namespace": "namespace of the work (a profile namespace: KFP runs too)",
+    "--kfp-namespace": "namespace of KFP runs, if not --namespace (multi-user KFP requires one)",
     "--kfp-host": "KFP API endpoint (default: $KF_PIPELINES_ENDPOINT)",
     "--kfp-token-file": "file holding the KFP bearer token (re-read on 401)",
 }

@@ -8,6 +8,9 @@ Real `kubernetes` and `kfp_server_api` clients talk HTTP to the wire-level doubl
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ import yaml
 from shared.backends.kubernetes import KubernetesBackend
 from shared.operations import run_async
 from shared.specs import load_spec
-from shared.status import State
+from shared.status import Kind, State
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO / "tests" / "data" / "specs"
@@ -83,3 +86,78 @@ def test_a_job_that_stays_suspended_past_the_deadline_is_cancelled(k8s_double, t
 
     assert outcome.timed_out and outcome.status.state is State.CANCELLED
     assert double.objects("pytorchjobs") == []
+
+
+# ---------------------------------------------------------------- multi-user KFP
+
+
+def pipeline_run(tmp_path: Path, name: str, experiment: str | None = None) -> Path:
+    doc = yaml.safe_load((SPECS / "pipeline-run.yaml").read_text())
+    doc["metadata"] = {"name": name}
+    doc["spec"]["pipeline"] = str(SPECS / "pipelines" / "add.yaml")
+    doc["spec"].pop("experiment", None)
+    if experiment:
+        doc["spec"]["experiment"] = experiment
+    out = tmp_path / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(doc))
+    return out
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        timeout=120,
+    )
+
+
+def test_multi_user_kfp_runs_go_to_the_namespace_default_experiment(k8s_double, tmp_path):
+    double = k8s_double
+    double.set_behaviour(kfp_multi_user=True)
+    double.kfp.namespace_access = {"alice-token": {"team-a"}}
+    backend = KubernetesBackend(kfp_host=double.kfp_url, kfp_token="alice-token", namespace="team-a", kfp_poll_interval=0.2)
+
+    outcome = asyncio.run(run_async(backend, load_spec(pipeline_run(tmp_path, "mu-default")), "mu/default", timeout=60))
+    named = asyncio.run(
+        run_async(backend, load_spec(pipeline_run(tmp_path, "mu-named", "nightly")), "mu/named", timeout=60)
+    )
+
+    assert outcome.status.state is State.SUCCEEDED and named.status.state is State.SUCCEEDED
+    by_id = {r["run_id"]: r for r in double.runs()}
+    experiments = double.kfp.experiments
+    default = experiments[by_id[outcome.submission.handle.id.removeprefix("kfp/")]["experiment_id"]]
+    nightly = experiments[by_id[named.submission.handle.id.removeprefix("kfp/")]["experiment_id"]]
+    assert (default["display_name"], default["namespace"]) == ("Default", "team-a")
+    assert (nightly["display_name"], nightly["namespace"]) == ("nightly", "team-a")
+    assert backend.find("mu/default", Kind.PIPELINE).id == outcome.submission.handle.id  # found again within the namespace
+    assert double.request_count("GET", "/healthz") <= 1  # asked at most once per client (only when needed)
+
+
+def test_multi_user_kfp_without_a_namespace_is_one_line_bad_input(k8s_double, tmp_path):
+    double = k8s_double
+    double.set_behaviour(kfp_multi_user=True)
+    token = tmp_path / "token"
+    token.write_text(double.kfp_token)
+    spec = pipeline_run(tmp_path, "mu-none")
+    common = ["run", "pipeline", "--spec", str(spec), "--backend", "kubernetes", "--kfp-host", double.kfp_url,
+              "--kfp-token-file", str(token)]
+
+    refused = cli(*common)
+
+    assert refused.returncode == 2, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert lines[0].startswith("kubeflow-tasks: error: namespace: ") and "multi-user" in lines[0]
+    assert double.runs() == []
+
+    double.kfp.namespace_access = {double.kfp_token: {"team-a"}}
+    other = cli(*common, "--kfp-namespace", "team-b")  # the token's profile does not include team-b
+    assert other.returncode == 1 and "Traceback" not in other.stderr, other.stderr
+    assert other.stderr.strip().splitlines()[-1].startswith("kubeflow-tasks: error: ")
+    assert "PermissionDenied" in other.stderr and double.runs() == []
+
+    ok = cli(*common, "--kfp-namespace", "team-a", "--output", "json")
+    assert ok.returncode == 0, ok.stderr

@@ -21,12 +21,15 @@ class SubmitContext:
 
     `env` reaches every process of the work (MLflow hand-off variables among them);
     `mlflow` carries the parent run for backends that create nested runs themselves (Katib trials);
-    `labels` are the scheduler's identity of the task, stored on the remote object for people.
+    `labels` are the scheduler's identity of the task, stored on the remote object for people;
+    `deadline` (wall-clock, `time.time()`) is the task's, for backends that mirror it on the server
+    so that work orphaned by a dead client still ends.
     """
 
     env: Mapping[str, str] = field(default_factory=dict)
     mlflow: Mapping[str, str] = field(default_factory=dict)  # tracking_uri, run_id, experiment_id
     labels: Mapping[str, str] = field(default_factory=dict)
+    deadline: float | None = None
 
 
 @runtime_checkable

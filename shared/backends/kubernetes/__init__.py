@@ -52,6 +52,10 @@ class KubernetesBackend:
         kfp_token: str | None = None,
         kfp_ui_url: str | None = None,
         kfp_namespace: str | None = None,
+        kfp_cookies: str | None = None,
+        kfp_ssl_ca_cert: str | None = None,
+        kfp_proxy: str | None = None,
+        kfp_verify_ssl: bool = True,
         kfp_mlflow_plugin: bool = False,
         kfp_poll_interval: float = 3.0,
         request_timeout: float = 30.0,
@@ -70,9 +74,19 @@ class KubernetesBackend:
             ClusterOptions(kubeconfig, context, namespace, in_cluster, host, token, verify_ssl),
             request_timeout,
         )
-        self.kfp = Kfp(
-            KfpOptions(kfp_host, kfp_token, kfp_token_file, kfp_ui_url, kfp_namespace), request_timeout
+        # A profile namespace holds both the jobs and the KFP runs: `namespace` applies to runs too.
+        kfp_options = KfpOptions(
+            kfp_host,
+            kfp_token,
+            kfp_token_file,
+            kfp_ui_url,
+            kfp_namespace or namespace,
+            kfp_cookies,
+            kfp_ssl_ca_cert,
+            kfp_proxy,
+            kfp_verify_ssl,
         )
+        self.kfp = Kfp(kfp_options, request_timeout)
         self.resources = CustomResources(self.cluster, request_timeout, cancel_timeout)
         self.runs = PipelineRuns(self.kfp, cancel_timeout, kfp_mlflow_plugin)
         self.kfp_poll_interval = kfp_poll_interval
@@ -164,7 +178,7 @@ class KubernetesBackend:
         """Statuses from the shared watches and poller; a waiter costs no requests of its own."""
         sub = hub.Subscriber(asyncio.get_running_loop())
         by_id = {h.id: h for h in handles}
-        sources = {oid: self._source(oid) for oid in by_id}
+        sources = {oid: self._source(oid, h.namespace) for oid, h in by_id.items()}
         for oid, source in sources.items():
             source.subscribe(oid, sub)
         last: dict[str, Status] = {}
@@ -184,10 +198,11 @@ class KubernetesBackend:
             for oid, source in sources.items():
                 source.unsubscribe(oid, sub)
 
-    def _source(self, handle_id: str) -> hub._Source:
-        if handle_id.startswith(KFP_PREFIX):
+    def _source(self, handle_id: str, namespace: str | None = None) -> hub._Source:
+        if handle_id.startswith(KFP_PREFIX):  # multi-user KFP lists runs per namespace: one poller each
             return hub.shared(
-                ("kfp", self.kfp.identity), lambda: hub.KfpPoller(self.kfp, self.kfp_poll_interval)
+                ("kfp", self.kfp.identity, namespace or ""),
+                lambda: hub.KfpPoller(self.kfp, self.kfp_poll_interval, namespace),
             )
         namespace, plural, _ = split_id(handle_id)
         r = manifests.BY_PLURAL[plural]

@@ -1,6 +1,8 @@
 """KFP runs through the v2beta1 API: create once, find by display name, read, terminate.
 
-Ids are `kfp/<run_id>`. Runs have no labels, so a run has the display name
+Multi-user KFP (every full Kubeflow install with Profiles, detected from `healthz`) keeps runs in
+a profile namespace: listing needs it and a run must belong to an experiment of it, so every call
+names the namespace, and a missing one is bad input before anything is sent. Ids are `kfp/<run_id>`. Runs have no labels, so a run has the display name
 `<name>-<key hash>-<attempt>` and its key in the description (see `pipelines`).
 """
 
@@ -19,6 +21,7 @@ from shared.status import Handle, Kind, Status
 
 KFP_PREFIX = "kfp/"
 BACKEND_NAME = "kubernetes"
+DEFAULT_EXPERIMENT = "Default"  # where kfp.Client puts a run whose experiment is not named
 
 
 class PipelineRuns:
@@ -34,6 +37,7 @@ class PipelineRuns:
         self, spec: PipelineRunSpec, key: str, attempt: int, namespace: str | None, context: SubmitContext
     ) -> Handle:
         display_name = naming.run_display_name(spec.name, key, attempt)
+        namespace = self.kfp.namespace_for(namespace)
         experiment_plugin = context.mlflow.get("experiment_id") if self.mlflow_plugin else None
         body = pipelines.run_body(  # compiled and checked before anything is sent
             spec,
@@ -42,8 +46,9 @@ class PipelineRuns:
             env=context.env,
             mlflow_plugin_experiment=experiment_plugin,
         )
-        if spec.experiment:
-            body["experiment_id"] = self.experiments.id_for(spec.experiment, namespace)
+        # Multi-user KFP refuses a run outside an experiment of its namespace; kfp.Client falls back
+        # to the namespace's `Default` experiment (get-or-create), and so do we, in either mode.
+        body["experiment_id"] = self.experiments.id_for(spec.experiment or DEFAULT_EXPERIMENT, namespace)
         api = self.kfp.runs()
         run = pipelines.create_once_then_find(
             lambda: self.kfp.request(api.run_service_create_run, body, retry=False),
@@ -52,6 +57,7 @@ class PipelineRuns:
         return self.handle(run, key, namespace)
 
     def find(self, key: str, namespace: str | None) -> Handle | None:
+        namespace = self.kfp.namespace_for(namespace)
         run = self._find(
             pipelines.substring("display_name", f"-{naming.key_hash(key)[:16]}-"), key, namespace
         )
@@ -75,6 +81,7 @@ class PipelineRuns:
         return self.handle(run, pipelines.key_of(run) or "", namespace)
 
     def list(self, namespace: str | None) -> list[Handle]:
+        namespace = self.kfp.namespace_for(namespace)
         kwargs = {"namespace": namespace} if namespace else {}
         body = self.kfp.request(
             self.kfp.runs().run_service_list_runs, page_size=100, sort_by="created_at desc", **kwargs
