@@ -11,6 +11,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ import pytest
 import yaml
 
 from shared.backends.kubernetes import KubernetesBackend
-from shared.operations import run_async
+from shared.errors import ApiError
+from shared.operations import run_async, submit_or_adopt
+from shared.retry import ATTEMPTS
 from shared.specs import load_spec
 from shared.status import Kind, State
 
@@ -161,3 +164,47 @@ def test_multi_user_kfp_without_a_namespace_is_one_line_bad_input(k8s_double, tm
 
     ok = cli(*common, "--kfp-namespace", "team-a", "--output", "json")
     assert ok.returncode == 0, ok.stderr
+
+
+# ---------------------------------------------------------------- one retry layer
+
+
+def test_a_failing_api_is_retried_by_one_layer_within_the_deadline(k8s_double, tmp_path):
+    double = k8s_double
+    backend = backend_for(double, tmp_path)
+    spec = load_spec(manifest(tmp_path, "unlucky"))
+    double.faults.inject("503", count=1000, path_contains="/pytorchjobs")
+    started = time.monotonic()
+
+    with pytest.raises(ApiError) as caught:
+        submit_or_adopt(backend, spec, "retry/unlucky", deadline=time.time() + 3)
+
+    elapsed = time.monotonic() - started
+    assert elapsed < 4.0  # not minutes: the deadline bounds every retry
+    assert double.request_count(path_contains="/pytorchjobs") <= ATTEMPTS  # not 5 x 8 = 40
+    assert caught.value.status == 503 and "\n" not in str(caught.value)
+    assert double.objects("pytorchjobs") == []
+
+
+# ---------------------------------------------------------------- cancels that do not finish
+
+
+def test_a_cancel_not_confirmed_in_time_ends_cleanly_with_the_mlflow_run_killed(k8s_double, tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    double = k8s_double
+    backend = backend_for(double, tmp_path, cancel_timeout=1.0)
+    path = manifest(tmp_path, "stuck", annotations={OUTCOME: "Hang"})
+    doc = yaml.safe_load(path.read_text())
+    doc["metadata"]["finalizers"] = ["example.com/hold"]  # someone else's finalizer: the delete never ends
+    path.write_text(yaml.safe_dump(doc))
+
+    outcome = asyncio.run(run_async(backend, load_spec(path), "cancel/stuck", timeout=1.5, mlflow_tracking_uri=mlflow_server))
+
+    assert outcome.timed_out and not outcome.status.terminal
+    assert "cancel requested but not confirmed" in outcome.status.message
+    run = MlflowClient(mlflow_server).get_run(outcome.submission.mlflow_run_id)
+    assert run.info.status == "KILLED"
+    assert "not confirmed" in run.data.tags["kubeflow_tasks.message"]
+    (job,) = double.objects("pytorchjobs")
+    assert job["metadata"].get("deletionTimestamp")  # the delete was sent; the finalizer holds it
