@@ -104,6 +104,10 @@ def _submit_or_adopt(
         adopt = not status.terminal or status.state is State.SUCCEEDED
         attempt = existing.attempt if adopt else existing.attempt + 1
 
+    dry_run = getattr(backend, "dry_run", None)
+    if not adopt and dry_run is not None:  # the server judges the work before we open anything for it
+        dry_run(spec, key, attempt, SubmitContext(env=env or {}, labels=labels, deadline=deadline))
+
     uri = resolve_tracking_uri(mlflow_tracking_uri)
     parent = None
     if uri:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from shared.backends.kubernetes import KubernetesBackend
-from shared.errors import ApiError
+from shared.errors import ApiError, SpecError
 from shared.operations import run_async, submit_or_adopt
 from shared.retry import ATTEMPTS
 from shared.specs import load_spec
@@ -208,3 +208,34 @@ def test_a_cancel_not_confirmed_in_time_ends_cleanly_with_the_mlflow_run_killed(
     assert "not confirmed" in run.data.tags["kubeflow_tasks.message"]
     (job,) = double.objects("pytorchjobs")
     assert job["metadata"].get("deletionTimestamp")  # the delete was sent; the finalizer holds it
+
+
+# ---------------------------------------------------------------- server-side dry run
+
+
+def test_a_manifest_a_webhook_refuses_fails_with_its_field_before_anything_is_opened(k8s_double, tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    double = k8s_double
+    # A cluster policy our own validation knows nothing about: every training job needs a team label.
+    double.kube.policy_webhooks.append(
+        lambda plural, obj: None if (obj["metadata"].get("labels") or {}).get("team") else
+        ("metadata.labels.team", "Required value: every job needs a team label")
+    )
+    backend = backend_for(double, tmp_path)
+    spec = load_spec(manifest(tmp_path, "teamless"))  # our validation passes it
+
+    with pytest.raises(SpecError) as caught:
+        submit_or_adopt(backend, spec, "dry/teamless", mlflow_tracking_uri=mlflow_server)
+
+    assert caught.value.path == "metadata.labels.team" and "team label" in str(caught.value)
+    assert double.objects("pytorchjobs") == []
+    assert double.request_count("POST", "dryRun=All") == double.request_count("POST", "/pytorchjobs") == 1
+    runs = MlflowClient(mlflow_server).search_runs(
+        [e.experiment_id for e in MlflowClient(mlflow_server).search_experiments()]
+    )
+    assert runs == []  # refused before the MLflow run was opened: nothing left RUNNING
+
+    labelled = load_spec(manifest(tmp_path, "teamed", labels={"team": "a"}))
+    handle = submit_or_adopt(backend, labelled, "dry/teamed").handle
+    assert double.kube.dry_runs == 1 and [o["metadata"]["name"] for o in double.objects("pytorchjobs")] == [handle.name]

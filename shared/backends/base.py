@@ -34,6 +34,11 @@ class SubmitContext:
 
 @runtime_checkable
 class Backend(Protocol):
+    """What every backend does. Optional, found with `getattr` by `shared.operations`:
+    `dry_run(spec, key, attempt, context)` (let the server judge the work before anything is opened
+    for it), `request_cancel(handle)` (start a cancel without waiting; the waiter's watch sees the
+    end) and `cancel_timeout` (seconds a cancel may take to be confirmed)."""
+
     name: str
 
     def submit(self, spec: Spec, key: str, attempt: int, context: SubmitContext) -> Handle:

@@ -127,6 +127,11 @@ class KubernetesBackend:
         self._used_namespaces.add(namespace)
         return self.resources.submit(spec, key, attempt, namespace, context)
 
+    def dry_run(self, spec: Spec, key: str, attempt: int, context: SubmitContext) -> None:
+        """A server-side dry run of a custom resource (a KFP run has none: its body is checked locally)."""
+        if not isinstance(spec, PipelineRunSpec):
+            self.resources.dry_run(spec, key, attempt, self.namespace_for(spec), context)
+
     # ------------------------------------------------------------------ find and get
 
     def find(self, key: str, kind: Kind | None = None) -> Handle | None:
