@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
+from waiting import wait_until
 
-from shared.backends.kubernetes import KubernetesBackend
+from shared.backends.base import SubmitContext
+from shared.backends.kubernetes import KubernetesBackend, manifests
 from shared.errors import ApiError, SpecError
 from shared.operations import run_async, submit_or_adopt
 from shared.retry import ATTEMPTS
@@ -239,3 +241,37 @@ def test_a_manifest_a_webhook_refuses_fails_with_its_field_before_anything_is_op
     labelled = load_spec(manifest(tmp_path, "teamed", labels={"team": "a"}))
     handle = submit_or_adopt(backend, labelled, "dry/teamed").handle
     assert double.kube.dry_runs == 1 and [o["metadata"]["name"] for o in double.objects("pytorchjobs")] == [handle.name]
+
+
+# ---------------------------------------------------------------- the deadline on the server
+
+
+def test_the_deadline_is_mirrored_never_larger_than_the_users_own(tmp_path):
+    deadline = time.time() + 100
+    job = manifests.build(load_spec(manifest(tmp_path, "plain")), "k", 1, "ns", SubmitContext(deadline=deadline))
+    assert 98 <= job["spec"]["runPolicy"]["activeDeadlineSeconds"] <= 100
+    own = manifests.build(
+        load_spec(manifest(tmp_path, "own", run_policy={"activeDeadlineSeconds": 30})), "k", 1, "ns",
+        SubmitContext(deadline=deadline),
+    )
+    assert own["spec"]["runPolicy"]["activeDeadlineSeconds"] == 30
+    experiment = load_spec(REPO / "dags" / "commodity" / "experiment.yaml", params={"data_path": "/d.csv"})
+    body = manifests.build(experiment, "k", 1, "ns", SubmitContext(deadline=deadline))
+    assert 98 <= body["spec"]["trialTemplate"]["trialSpec"]["spec"]["activeDeadlineSeconds"] <= 100  # a Job trial
+    untimed = manifests.build(load_spec(manifest(tmp_path, "untimed")), "k", 1, "ns", SubmitContext())
+    assert untimed["spec"]["runPolicy"]["activeDeadlineSeconds"] == 3600  # the manifest's own, untouched
+
+
+def test_a_job_whose_client_died_still_ends_at_the_deadline(k8s_double, tmp_path):
+    double = k8s_double
+    backend = backend_for(double, tmp_path)
+    spec = load_spec(manifest(tmp_path, "orphan", annotations={OUTCOME: "Hang"}))
+
+    submit_or_adopt(backend, spec, "deadline/orphan", deadline=time.time() + 2)  # and nobody waits for it
+
+    def failed() -> str | None:
+        (job,) = double.objects("pytorchjobs")
+        cond = next((c for c in (job.get("status") or {}).get("conditions", []) if c["type"] == "Failed"), None)
+        return cond and cond["message"]
+
+    assert "active longer than specified deadline" in wait_until(failed, timeout=20, what="the operator's deadline")
