@@ -44,8 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def backend_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--backend", default="local", help="where the work runs: local (default) or kubernetes")
-        cluster = p.add_argument_group("kubernetes backend (kubectl and kfp conventions: $KUBECONFIG, $KF_PIPELINES_ENDPOINT)")
+        p.add_argument(
+            "--backend", default="local", help="where the work runs: local (default) or kubernetes"
+        )
+        cluster = p.add_argument_group(
+            "kubernetes backend (kubectl and kfp conventions: $KUBECONFIG, $KF_PIPELINES_ENDPOINT)"
+        )
         for option, text in KUBERNETES_OPTIONS.items():
             cluster.add_argument(option, help=text)
 
@@ -56,13 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="submit (or adopt) work and wait for it")
     run.add_argument("kind", choices=[k.value for k in Kind])
-    run.add_argument("--spec", required=True, help="YAML/JSON file: a manifest (PyTorchJob, TFJob, Experiment) or a PipelineRun")
-    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="pipeline parameter, or ${params.NAME} in a manifest; repeatable")
+    run.add_argument(
+        "--spec",
+        required=True,
+        help="YAML/JSON file: a manifest (PyTorchJob, TFJob, Experiment) or a PipelineRun",
+    )
+    run.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="pipeline parameter, or ${params.NAME} in a manifest; repeatable",
+    )
     run.add_argument("--timeout", help="deadline such as 30m or 2h; when it passes the work is cancelled")
     run.add_argument("--key", help="idempotency key: a second run with the same key adopts the first")
-    run.add_argument("--mlflow-tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none means no MLflow)")
-    run.add_argument("--mlflow-upstream-run-id", help="the previous task's MLflow run id, recorded as this run's upstream")
+    run.add_argument(
+        "--mlflow-tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none means no MLflow)",
+    )
+    run.add_argument(
+        "--mlflow-upstream-run-id", help="the previous task's MLflow run id, recorded as this run's upstream"
+    )
     run.add_argument("--detach", action="store_true", help="return once submitted, without waiting")
     run.add_argument("--output", choices=OUTPUTS, default="text")
     run.add_argument("--quiet", action="store_true", help="no progress or log lines on stderr")
@@ -175,7 +193,9 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
     def submitted(submission) -> None:
         _announce(submission, progress)
         if args.output == "setvalue":  # the ids right away, so a killed task still shows what it started
-            emit({**submission.handle.to_dict(), "mlflow_run_id": submission.mlflow_run_id}, args.output, names)
+            emit(
+                {**submission.handle.to_dict(), "mlflow_run_id": submission.mlflow_run_id}, args.output, names
+            )
 
     if args.detach:
         submission = await asyncio.to_thread(
@@ -226,7 +246,9 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
 def _announce(submission, progress) -> None:
     handle = submission.handle
     verb = "adopted" if submission.adopted else "submitted"
-    progress(f"{verb} {handle.resource} {handle.name} as {handle.id} (attempt {handle.attempt}, key {handle.key})")
+    progress(
+        f"{verb} {handle.resource} {handle.name} as {handle.id} (attempt {handle.attempt}, key {handle.key})"
+    )
     if submission.mlflow_run_id:
         progress(f"MLflow run {submission.mlflow_run_id}")
 

@@ -95,7 +95,7 @@ def _submit_or_adopt(
     from shared.mlflow_handoff import open_parent_run, resolve_tracking_uri, set_remote_tags
 
     labels = dict(labels or {})
-    candidates = (_remembered(backend, known_id, key), backend.find(key, spec.kind))
+    candidates = (_remembered(backend, known_id, key), backend.find(key, spec.kind, namespace=spec.namespace))
     existing = max((h for h in candidates if h is not None), key=lambda h: h.attempt, default=None)
     attempt = 1
     adopt = False

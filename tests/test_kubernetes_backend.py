@@ -41,7 +41,7 @@ def test_object_names_are_deterministic_dns_1035_within_the_webhook_limit(kind, 
     long_name = "9-Very_Long.Name" * 8
     name = naming.object_name(long_name, "dag/task/run/0", 3, naming.MAX_NAME[kind])
     assert naming.DNS_1035.fullmatch(name) and len(name) <= limit
-    assert name.endswith(f"-{naming.key_hash('dag/task/run/0')[:8]}-3")
+    assert name.endswith(f"-{naming.key_hash('dag/task/run/0')[:16]}-3")  # 64 bits of the key hash
     assert name == naming.object_name(long_name, "dag/task/run/0", 3, naming.MAX_NAME[kind])
     assert name != naming.object_name(long_name, "dag/task/run/1", 3, naming.MAX_NAME[kind])
 

@@ -20,8 +20,8 @@ import yaml
 from waiting import wait_until
 
 from shared.backends.base import SubmitContext
-from shared.backends.kubernetes import KubernetesBackend, manifests
-from shared.errors import ApiError, SpecError
+from shared.backends.kubernetes import KubernetesBackend, manifests, naming, states
+from shared.errors import ApiError, BackendError, SpecError
 from shared.operations import run_async, submit_or_adopt
 from shared.retry import ATTEMPTS
 from shared.specs import load_spec
@@ -275,3 +275,48 @@ def test_a_job_whose_client_died_still_ends_at_the_deadline(k8s_double, tmp_path
         return cond and cond["message"]
 
     assert "active longer than specified deadline" in wait_until(failed, timeout=20, what="the operator's deadline")
+
+
+# ---------------------------------------------------------------- adoption
+
+
+def test_a_success_removed_by_ttl_stays_a_success(k8s_double, tmp_path):
+    double = k8s_double
+    backend = backend_for(double, tmp_path)
+    spec = load_spec(manifest(tmp_path, "short-lived", run_policy={"ttlSecondsAfterFinished": 1}))
+
+    outcome = asyncio.run(run_async(backend, spec, "ttl/short-lived", timeout=60))
+    assert outcome.status.state is State.SUCCEEDED
+    wait_until(lambda: double.objects("pytorchjobs") == [], timeout=20, what="the TTL to remove the job")
+
+    assert backend.status(outcome.submission.handle).state is State.SUCCEEDED  # not "deleted externally"
+    gone = {"metadata": {}, "status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded"}]}}
+    assert states.deleted_status(gone, cancelled=False, plural="pytorchjobs").state is State.SUCCEEDED
+
+
+def test_find_looks_in_the_namespace_the_manifest_names(k8s_double, tmp_path):
+    double = k8s_double
+    doc = yaml.safe_load(manifest(tmp_path, "elsewhere").read_text())
+    doc["metadata"]["namespace"] = "team-z"
+    (tmp_path / "elsewhere.yaml").write_text(yaml.safe_dump(doc))
+    spec = load_spec(tmp_path / "elsewhere.yaml")
+    first = submit_or_adopt(backend_for(double, tmp_path), spec, "ns/elsewhere")
+
+    again = submit_or_adopt(backend_for(double, tmp_path), spec, "ns/elsewhere")  # a new process
+
+    assert again.adopted and again.handle.id == first.handle.id
+    assert len(double.objects("pytorchjobs", "team-z")) == 1
+
+
+def test_object_names_carry_64_bits_of_the_key_and_another_keys_object_is_never_adopted(k8s_double, tmp_path):
+    double = k8s_double
+    backend = backend_for(double, tmp_path)
+    spec = load_spec(manifest(tmp_path, "named"))
+    handle = submit_or_adopt(backend, spec, "names/a").handle
+    assert naming.key_hash("names/a")[:16] in handle.name
+    (obj,) = double.objects("pytorchjobs")
+    obj["metadata"]["annotations"][naming.KEY_ANNOTATION] = "names/b"  # as if another key had the name
+    with double.store.cond:
+        double.store.update("pytorchjobs", obj)
+    with pytest.raises(BackendError, match="exists with another key"):
+        backend.submit(spec, "names/a", 1, SubmitContext())

@@ -44,8 +44,9 @@ class Backend(Protocol):
     def submit(self, spec: Spec, key: str, attempt: int, context: SubmitContext) -> Handle:
         """Create the work for (key, attempt), or return the object that already exists for it."""
 
-    def find(self, key: str, kind: Kind | None = None) -> Handle | None:
-        """The newest attempt submitted under `key`, or None."""
+    def find(self, key: str, kind: Kind | None = None, namespace: str | None = None) -> Handle | None:
+        """The newest attempt submitted under `key`, or None; `namespace` is where the spec says the
+        work lives (a backend with namespaces looks there too)."""
 
     def get(self, id: str) -> Handle:
         """The handle of the work with this backend id; raises NotFound."""

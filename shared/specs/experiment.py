@@ -243,7 +243,9 @@ def _objective(spec: Mapping[str, Any]) -> ObjectiveSpec:
     )
 
 
-def _named_entries(obj: Mapping[str, Any], key: str, path: str) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+def _named_entries(
+    obj: Mapping[str, Any], key: str, path: str
+) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
     """(path, name, entry) of each `{name, value}` entry of a Katib list such as algorithmSettings."""
     for i, entry in enumerate(c.items(obj, key, path)):
         epath = c.join(c.join(path, key), i)

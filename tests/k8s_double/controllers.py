@@ -70,6 +70,7 @@ class _JobState:
     restarted: bool = False
     epochs: int = 0
     crashes: int = 0  # CrashLoop: container restarts so far
+    finished_at: float | None = None  # when the job was seen finished (ttlSecondsAfterFinished)
 
 
 def _condition(ctype: str, status: str, reason: str, message: str) -> dict[str, str]:
@@ -223,7 +224,7 @@ class Controllers:
         run_seconds = self.behaviour.job_run_seconds if run_seconds is None else run_seconds
         elapsed = time.monotonic() - state.since
         if state.phase == "Done" or _is_true(obj, "Failed") or _is_true(obj, "Succeeded"):
-            return
+            return self._after_finished(plural, obj, state)
         suspend = bool((obj["spec"].get("runPolicy") or {}).get("suspend"))
         if suspend and self._kueue_admits(plural, obj):
             return
@@ -298,6 +299,17 @@ class Controllers:
         status["completionTime"] = now_rfc3339()
         state.phase = "Done"
         self._write_status(plural, obj, "Failed" if outcome == "Failed" else "Succeeded")
+
+    def _after_finished(self, plural: str, obj: dict[str, Any], state: _JobState) -> None:
+        """runPolicy.ttlSecondsAfterFinished: the operator deletes a finished job (and its pods) that long
+        after it finished."""
+        ttl = (obj["spec"].get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+        if ttl is None:
+            return
+        finished = state.finished_at = state.finished_at or time.monotonic()
+        if time.monotonic() - finished >= ttl:
+            meta = obj["metadata"]
+            self.store.delete(plural, meta["namespace"], meta["name"])
 
     def _kueue_admits(self, plural: str, obj: dict[str, Any]) -> bool:
         """Kueue: a suspended job with a queue-name label is admitted (spec.runPolicy.suspend set to false)

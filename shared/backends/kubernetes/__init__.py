@@ -24,7 +24,7 @@ from typing import Any
 from shared.backends.base import SubmitContext
 from shared.backends.kubernetes import hub, manifests, states
 from shared.backends.kubernetes.access import Cluster, ClusterOptions, Kfp, KfpOptions
-from shared.backends.kubernetes.resources import CustomResources, deleted_by_us, split_id
+from shared.backends.kubernetes.resources import CustomResources, deleted_by_us, remember_end, split_id
 from shared.backends.kubernetes.runs import KFP_PREFIX, PipelineRuns
 from shared.errors import BackendError, SpecError
 from shared.specs.model import PipelineRunSpec, Spec
@@ -134,10 +134,15 @@ class KubernetesBackend:
 
     # ------------------------------------------------------------------ find and get
 
-    def find(self, key: str, kind: Kind | None = None) -> Handle | None:
+    def find(self, key: str, kind: Kind | None = None, namespace: str | None = None) -> Handle | None:
+        """`namespace` (the manifest's) is searched first: a new process knows no namespace it used."""
         if kind is Kind.PIPELINE:
-            return self.runs.find(key, self.kfp.options.namespace)
-        found = self.resources.find(key, kind, self._search_namespaces())
+            return self.runs.find(key, namespace or self.kfp.options.namespace)
+        if namespace:
+            self._check_allowed(namespace)
+        found = self.resources.find(
+            key, kind, list(dict.fromkeys([*([namespace] if namespace else []), *self._search_namespaces()]))
+        )
         if found is None and kind is None and self.kfp.configured:
             return self.runs.find(key, self.kfp.options.namespace)
         return found
@@ -223,9 +228,14 @@ class KubernetesBackend:
             return await asyncio.to_thread(self.status, handle)
         if handle.id.startswith(KFP_PREFIX):
             return states.kfp_status(payload, handle.url)
+        plural = split_id(handle.id)[1]
         if what == "deleted":
-            return states.deleted_status(payload, cancelled=deleted_by_us(handle.id))
-        return states.status_of(split_id(handle.id)[1], payload)
+            status = states.deleted_status(payload, cancelled=deleted_by_us(handle.id), plural=plural)
+        else:
+            status = states.status_of(plural, payload)
+        if status.terminal:
+            remember_end(handle.id, status)
+        return status
 
     # ------------------------------------------------------------------ requests
 

@@ -39,6 +39,18 @@ def deleted_by_us(handle_id: str) -> bool:
     return handle_id in _DELETED_BY_US
 
 
+_ENDED: dict[str, Status] = {}  # the terminal status this process saw per handle id (newest last)
+ENDED_KEPT = 10_000
+
+
+def remember_end(handle_id: str, status: Status) -> None:
+    """A job removed after it ended (ttlSecondsAfterFinished) keeps its end for this process."""
+    _ENDED.pop(handle_id, None)
+    _ENDED[handle_id] = status
+    while len(_ENDED) > ENDED_KEPT:
+        _ENDED.pop(next(iter(_ENDED)))
+
+
 class CustomResources:
     """Create, find, read and delete our custom resources in one cluster."""
 
@@ -140,8 +152,12 @@ class CustomResources:
         try:
             obj = self.get_object(namespace, plural, name)
         except NotFound:
-            return states.deleted_status(None, cancelled=deleted_by_us(handle.id))
-        return states.status_of(plural, obj)
+            ended = _ENDED.get(handle.id)
+            return ended or states.deleted_status(None, cancelled=deleted_by_us(handle.id))
+        status = states.status_of(plural, obj)
+        if status.terminal:
+            remember_end(handle.id, status)
+        return status
 
     def request_cancel(self, handle: Handle) -> Status:
         """Mark the object cancelled and delete it (foreground); returns the status before the delete.

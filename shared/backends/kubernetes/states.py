@@ -174,8 +174,18 @@ def kfp_status(run: Mapping[str, Any], url: str | None) -> Status:
     return Status(state, raw, message, outputs)
 
 
-def deleted_status(obj: Mapping[str, Any] | None, cancelled: bool) -> Status:
-    """The object is gone: ours to cancel means CANCELLED, anyone else's delete is a failure."""
+def deleted_status(obj: Mapping[str, Any] | None, cancelled: bool, plural: str = "") -> Status:
+    """The object is gone: if it had ended (`ttlSecondsAfterFinished` removes finished jobs), that end
+    stands; ours to cancel means CANCELLED; anyone else's delete of running work is a failure."""
+    if obj is not None and plural:
+        last = status_of(plural, obj)
+        if last.terminal:
+            return Status(
+                last.state,
+                last.raw_state,
+                f"{last.message} (the object was removed since)".lstrip(),
+                last.outputs,
+            )
     if cancelled or (obj is not None and cancelled_by_us(obj)):
         return Status(State.CANCELLED, "Deleted", "cancelled: the object was deleted")
     return Status(State.FAILED, "Deleted", "deleted externally: the object no longer exists")
