@@ -209,6 +209,8 @@ def api_error(exc: BaseException, what: str) -> BaseException:
 
 def _log_retry(retry_state: tenacity.RetryCallState) -> None:
     exc = retry_state.outcome.exception() if retry_state.outcome else None
+    if exc is not None:  # the server's message only: a client library's text has the headers (cookies)
+        exc = api_error(exc, "request")
     log.warning(
         "transient error (attempt %d), retrying in %.1fs: %s",
         retry_state.attempt_number,

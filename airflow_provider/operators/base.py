@@ -283,8 +283,7 @@ class KubeflowBaseOperator(BaseOperator):
         uri = resolve_tracking_uri(options.mlflow_tracking_uri)
         mlflow = {"tracking_uri": uri, "run_id": mlflow_run_id, "experiment_id": mlflow_experiment_id or ""}
         self._submission = Submission(handle, adopted, mlflow if uri and mlflow_run_id else {})
-        for line in deque(backend.logs(handle), maxlen=RESUME_LOG_LINES):
-            self.log.info("| %s", line)
+        self._print_log_tail(backend, handle)
         if event["event"] == "error":
             raise AirflowException(f"waiting for {handle.resource} {handle.id} failed: {event['message']}")
         if event["event"] == "timeout":
@@ -297,6 +296,17 @@ class KubeflowBaseOperator(BaseOperator):
         self._log_status(status)
         finish(self._submission, status)
         return self._complete(context, handle, status)
+
+    def _print_log_tail(self, backend: Backend, handle: Handle) -> None:
+        """The work's last log lines, for people; a log we cannot read (no `pods/log` RBAC, the pod
+        already cleaned up, a 5xx) is a warning, never the task's outcome."""
+        try:
+            tail = getattr(backend, "log_tail", None)
+            lines = tail(handle, RESUME_LOG_LINES) if tail else deque(backend.logs(handle), maxlen=RESUME_LOG_LINES)
+            for line in lines:
+                self.log.info("| %s", line)
+        except Exception as exc:
+            self.log.warning("could not read the log of %s %s: %s", handle.resource, handle.id, " ".join(str(exc).split())[:300])
 
     # ------------------------------------------------------------------ kill
 

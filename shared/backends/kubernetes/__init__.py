@@ -95,6 +95,16 @@ class KubernetesBackend:
         self.log_poll_interval = log_poll_interval
         self._used_namespaces: set[str] = set()
 
+    def connect(self) -> None:
+        """Load the configuration and build the clients now. Blocking (an exec-plugin credential such
+        as EKS's or GKE's runs a program): async callers run it in a thread before they use us."""
+        try:
+            self.cluster.api_client()
+        except SpecError:
+            pass  # a KFP-only configuration: the cluster is reported missing when it is needed
+        if self.kfp.configured:
+            self.kfp.api_client()
+
     # ------------------------------------------------------------------ namespaces
 
     def namespace_for(self, spec: Spec) -> str:
@@ -175,6 +185,16 @@ class KubernetesBackend:
 
     # ------------------------------------------------------------------ logs and watch
 
+    def log_tail(self, handle: Handle, lines: int) -> list[str]:
+        """The last `lines` lines, reading no more than that from the API (a job's pod log may be huge)."""
+        from collections import deque
+
+        from shared.backends.kubernetes import logs
+
+        if handle.id.startswith(KFP_PREFIX) or handle.resource == "Experiment":
+            return list(deque(self.logs(handle), maxlen=lines))
+        return list(logs.job_lines(self, handle, follow=False, tail=lines))
+
     def logs(self, handle: Handle, follow: bool = False) -> Iterator[str]:
         from shared.backends.kubernetes import logs
 
@@ -188,7 +208,10 @@ class KubernetesBackend:
         """Statuses from the shared watches and poller; a waiter costs no requests of its own."""
         sub = hub.Subscriber(asyncio.get_running_loop())
         by_id = {h.id: h for h in handles}
-        sources = {oid: self._source(oid, h.namespace) for oid, h in by_id.items()}
+        # Finding a source may build the client (kubeconfig, exec plugin): never on the event loop.
+        sources = await asyncio.to_thread(
+            lambda: {oid: self._source(oid, h.namespace) for oid, h in by_id.items()}
+        )
         for oid, source in sources.items():
             source.subscribe(oid, sub)
         last: dict[str, Status] = {}

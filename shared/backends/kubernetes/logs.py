@@ -46,7 +46,9 @@ def _leading_pod(backend: KubernetesBackend, handle: Handle) -> dict[str, Any] |
     return None
 
 
-def job_lines(backend: KubernetesBackend, handle: Handle, follow: bool) -> Iterator[str]:
+def job_lines(
+    backend: KubernetesBackend, handle: Handle, follow: bool, tail: int | None = None
+) -> Iterator[str]:
     from kubernetes.watch.watch import iter_resp_lines
 
     pod = _leading_pod(backend, handle)
@@ -65,6 +67,7 @@ def job_lines(backend: KubernetesBackend, handle: Handle, follow: bool) -> Itera
         handle.namespace,
         container=CONTAINER.get(handle.resource or "", None),
         follow=follow,
+        **({"tail_lines": tail} if tail is not None else {}),
         _preload_content=False,
         # a followed log may stay quiet for long, but not forever without the connection noticing
         _request_timeout=(backend.request_timeout, FOLLOW_READ_TIMEOUT)
