@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="pipeline parameter, or ${params.NAME} in a manifest; repeatable",
     )
     run.add_argument("--timeout", help="deadline such as 30m or 2h; when it passes the work is cancelled")
+    run.add_argument("--startup-timeout", help="such as 10m: work whose pods are not running by then (image pull, "
+                     "scheduling, crash loop) is cancelled and fails with the cluster's reason")
     run.add_argument("--key", help="idempotency key: a second run with the same key adopts the first")
     run.add_argument(
         "--mlflow-tracking-uri",
@@ -175,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     params = parse_params(args.param)
     timeout = parse_duration(args.timeout, "--timeout") if args.timeout else None
+    args.startup_timeout = parse_duration(args.startup_timeout, "--startup-timeout") if args.startup_timeout else None
     spec = load_spec(args.spec, kind=args.kind, params=params)
     backend = backend_from(args)
     return asyncio.run(_run(args, backend, spec, args.key or new_key(), timeout))
@@ -212,11 +215,17 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
         return EXIT_OK
 
     seen: set[tuple[str, str]] = set()
+    seen_problems: set[str] = set()
 
     def on_status(status) -> None:
-        if (status.state.value, status.raw_state) not in seen:  # outputs-only changes are not news
+        line = status.state.value + (f" ({status.raw_state})" if status.raw_state else "")
+        if status.message.startswith("pod ") and status.message not in seen_problems:  # stuck pods: why
+            seen_problems.add(status.message)
             seen.add((status.state.value, status.raw_state))
-            progress(status.state.value + (f" ({status.raw_state})" if status.raw_state else ""))
+            progress(f"{line}: {status.message}")
+        elif (status.state.value, status.raw_state) not in seen:  # outputs-only changes are not news
+            seen.add((status.state.value, status.raw_state))
+            progress(line)
 
     cancel_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -229,6 +238,7 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
         mlflow_tracking_uri=args.mlflow_tracking_uri,
         upstream_mlflow_run_id=args.mlflow_upstream_run_id,
         timeout=timeout,
+        startup_timeout=args.startup_timeout,
         cancel_requested=cancel_requested,
         on_submitted=submitted,
         on_status=on_status,

@@ -151,6 +151,8 @@ async def wait_for(
     deadline: float | None = None,
     cancel_requested: asyncio.Event | None = None,
     on_status: Callable[[Status], Awaitable[None] | None] | None = None,
+    startup_timeout: float | None = None,
+    startup_progress: bool = False,
 ) -> Status:
     """Wait until the work is terminal.
 
@@ -159,29 +161,53 @@ async def wait_for(
     raised carrying the final status. When `cancel_requested` is set, the work is cancelled and its
     final status returned. Either way the cancel is bounded (`cancel_within`): its status may still be
     non-terminal when the bound passes, and callers must end cleanly with it.
+
+    Work stuck before it runs (pods Pending in ImagePullBackOff, CrashLoopBackOff, Unschedulable) is
+    reported through `on_status` with the cluster's reason when `startup_progress` or
+    `startup_timeout` asks for it (it costs requests: a triggerer waiting on thousands of jobs does
+    not ask); past `startup_timeout` seconds without running, the work is cancelled and the status
+    is FAILED with that reason.
     """
     cancel_requested = cancel_requested or asyncio.Event()
     result: Status | None = None
+    latest: list[Status] = []
+
+    async def report(status: Status) -> None:
+        if on_status is not None:
+            maybe = on_status(status)
+            if asyncio.iscoroutine(maybe):
+                await maybe
 
     async def follow() -> Status:
-        last = None
         async for _, status in backend.watch([handle]):
-            last = status
-            if on_status is not None:
-                maybe = on_status(status)
-                if asyncio.iscoroutine(maybe):
-                    await maybe
-        assert last is not None
-        return last
+            latest[:] = [status]
+            await report(status)
+        assert latest
+        return latest[0]
 
     watcher = asyncio.ensure_future(follow())
     stopper = asyncio.ensure_future(cancel_requested.wait())
+    waiting = {watcher, stopper}
+    starter = None
+    if startup_timeout is not None or startup_progress:
+        starter = asyncio.ensure_future(_watch_startup(backend, handle, latest, report, startup_timeout))
+        waiting.add(starter)
     timeout = None if deadline is None else max(0.0, deadline - time.time())
     try:
-        done, _ = await asyncio.wait({watcher, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if starter in done and starter.result() is None:  # it runs: nothing more to watch for
+                waiting.discard(starter)
+                timeout = None if deadline is None else max(0.0, deadline - time.time())
+                continue
+            break
         if watcher in done:
             return watcher.result()
         result = await cancel_within(backend, handle, watcher)
+        if starter is not None and starter in done:
+            problem = starter.result()
+            result = Status(State.FAILED, "StartupTimeout", problem, result.outputs)
+            return result
         if stopper in done:
             return result
         what = f"{handle.resource or handle.kind.value} {handle.id}"
@@ -189,12 +215,60 @@ async def wait_for(
             raise DeadlineExceeded(f"deadline passed; {what} was cancelled", status=result)
         raise DeadlineExceeded(f"deadline passed; {what}: {result.message}", status=result)
     finally:
-        for task in (watcher, stopper):
-            task.cancel()
+        for task in (watcher, stopper, starter):
+            if task is not None:
+                task.cancel()
         if result is not None and on_status is not None:
             maybe = on_status(result)
             if asyncio.iscoroutine(maybe):
                 await maybe
+
+
+STARTUP_POLL = 2.0  # seconds between looks at the pods of work that has not started, growing to 30
+
+
+async def _watch_startup(
+    backend: Backend,
+    handle: Handle,
+    latest: list[Status],
+    report: Callable[[Status], Awaitable[None]],
+    startup_timeout: float | None,
+) -> str | None:
+    """None once the work runs (or ends); the reason it did not start when `startup_timeout` passed."""
+    probe = getattr(backend, "startup_problem", None)
+    started_at = time.monotonic()
+    reported: str | None = None
+    pause = STARTUP_POLL
+    while True:
+        current = latest[0] if latest else None
+        if current is not None and current.terminal:
+            return None
+        problem = None
+        if probe is not None:
+            try:
+                problem = await asyncio.to_thread(probe, handle)
+            except KubeflowTasksError:
+                problem = None  # cannot look (RBAC, a fault): keep waiting as before
+        running = current is not None and current.state is State.RUNNING
+        if running and problem is None:
+            return None
+        if problem and problem != reported:
+            state = current.state if current else State.PENDING
+            await report(
+                Status(
+                    state,
+                    current.raw_state if current else "Pending",
+                    problem,
+                    current.outputs if current else {},
+                )
+            )
+        reported = problem or reported
+        elapsed = time.monotonic() - started_at
+        if startup_timeout is not None and elapsed >= startup_timeout:
+            return f"did not start within {startup_timeout:g}s: {problem or reported or 'no pod is running'}"
+        rest = None if startup_timeout is None else startup_timeout - elapsed
+        await asyncio.sleep(pause if rest is None else max(0.05, min(pause, rest)))
+        pause = min(30.0, pause * 1.5)
 
 
 async def cancel_within(backend: Backend, handle: Handle, watcher: asyncio.Future | None = None) -> Status:
@@ -284,6 +358,7 @@ async def run_async(
     on_status: Callable[[Status], None] | None = None,
     on_log: Callable[[str], None] | None = None,
     known_id: str | None = None,
+    startup_timeout: float | None = None,
 ) -> Outcome:
     """Submit or adopt, follow the logs, wait with the deadline, end the MLflow run: one task's life."""
     deadline = None if timeout is None else time.time() + timeout
@@ -312,6 +387,8 @@ async def run_async(
             deadline=deadline,
             cancel_requested=cancel_requested,
             on_status=on_status,
+            startup_timeout=startup_timeout,
+            startup_progress=True,  # one task's waiter: a look at its pods now and then is cheap
         )
     except DeadlineExceeded as exc:
         timed_out = True

@@ -8,6 +8,7 @@ Real `kubernetes` and `kfp_server_api` clients talk HTTP to the wire-level doubl
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -320,3 +321,30 @@ def test_object_names_carry_64_bits_of_the_key_and_another_keys_object_is_never_
         double.store.update("pytorchjobs", obj)
     with pytest.raises(BackendError, match="exists with another key"):
         backend.submit(spec, "names/a", 1, SubmitContext())
+
+
+# ---------------------------------------------------------------- stuck before running
+
+
+@pytest.mark.parametrize(
+    "outcome,reason",
+    [("ImagePullBackOff", "ImagePullBackOff: Back-off pulling image"), ("Unschedulable", "Insufficient nvidia.com/gpu")],
+)
+def test_a_job_stuck_before_running_says_why_and_the_startup_timeout_fails_it(k8s_double, tmp_path, outcome, reason):
+    double = k8s_double
+    kubeconfig = double.write_kubeconfig(tmp_path / "kubeconfig")
+    spec = manifest(tmp_path, f"stuck-{outcome.lower()}", annotations={OUTCOME: outcome})
+    started = time.monotonic()
+
+    result = cli("run", "training-job", "--spec", str(spec), "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
+                 "--startup-timeout", "3s", "--timeout", "2m", "--output", "json")
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    progress = [line for line in result.stderr.splitlines() if reason in line]
+    assert len(progress) >= 2, result.stderr  # the cluster's reason while waiting, and as the outcome
+    assert progress[0].startswith("kubeflow-tasks: PENDING (")
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final["state"] == "FAILED" and final["raw_state"] == "StartupTimeout"
+    assert final["message"].startswith("did not start within 3s: pod ") and reason in final["message"]
+    assert time.monotonic() - started < 60
+    assert double.objects("pytorchjobs") == []  # cancelled, not left pending

@@ -60,6 +60,7 @@ class KubeflowRunTrigger(BaseTrigger):
     :param deadline: wall-clock time (epoch seconds) at which the work is cancelled, or None.
     :param cancel_on_kill: cancel the work when the user kills the deferred task (False for sensors,
         which wait on work they did not start).
+    :param startup_timeout: seconds the work may take to run (see the operators), or None.
     """
 
     def __init__(
@@ -68,12 +69,14 @@ class KubeflowRunTrigger(BaseTrigger):
         kubeflow_conn_id: str = DEFAULT_CONN_ID,
         deadline: float | None = None,
         cancel_on_kill: bool = True,
+        startup_timeout: float | None = None,
     ) -> None:
         super().__init__()
         self.handle = handle
         self.kubeflow_conn_id = kubeflow_conn_id
         self.deadline = deadline
         self.cancel_on_kill = cancel_on_kill
+        self.startup_timeout = startup_timeout
         self._backend: Any = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -84,6 +87,7 @@ class KubeflowRunTrigger(BaseTrigger):
                 "kubeflow_conn_id": self.kubeflow_conn_id,
                 "deadline": self.deadline,
                 "cancel_on_kill": self.cancel_on_kill,
+                "startup_timeout": self.startup_timeout,
             },
         )
 
@@ -107,7 +111,9 @@ class KubeflowRunTrigger(BaseTrigger):
 
         try:
             backend = await self._get_backend()
-            status = await wait_for(backend, handle, deadline=self.deadline, on_status=progress)
+            status = await wait_for(
+                backend, handle, deadline=self.deadline, on_status=progress, startup_timeout=self.startup_timeout
+            )
         except DeadlineExceeded as exc:
             final = exc.status.to_dict() if isinstance(exc.status, Status) else None
             yield TriggerEvent(self._event("timeout", str(exc), final))

@@ -8,6 +8,8 @@ A background thread reconciles every `tick` seconds. Timings and outcomes come f
   restarts it in place, as with restartPolicy OnFailure: restartCount grows, the job stays Running
   until runPolicy.backoffLimit or activeDeadlineSeconds fails it); experiments `Succeeded` (trials succeed) | `Failed` (trials fail,
   so maxFailedTrialCount ends it with ExperimentFailed) | `Hang` (trials never finish).
+  `ImagePullBackOff` | `Unschedulable` (the pods stay Pending with the kubelet's waiting reason or
+  the scheduler's PodScheduled=False condition; the job stays Created).
 - `double.kubeflow-tasks.dev/run-seconds`: how long the job (or each trial) runs, e.g. "0.5".
 
 Kueue: a job labelled `kueue.x-k8s.io/queue-name` is created suspended (kube.py plays Kueue's
@@ -43,6 +45,7 @@ from .store import Store, now_rfc3339
 ANNOTATION_OUTCOME = "double.kubeflow-tasks.dev/outcome"
 ANNOTATION_RUN_SECONDS = "double.kubeflow-tasks.dev/run-seconds"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+STUCK_PODS = ("ImagePullBackOff", "Unschedulable")  # outcomes whose pods never start
 JOB_KINDS = {"pytorchjobs": ("PyTorchJob", "pytorchReplicaSpecs", "pytorch"),
              "tfjobs": ("TFJob", "tfReplicaSpecs", "tensorflow")}
 DEFAULT_RESTART_POLICY = {"pytorchjobs": "OnFailure", "tfjobs": "Never"}  # the operator's setDefaults
@@ -246,6 +249,8 @@ class Controllers:
             self._create_pods(plural, obj)
             state.phase, state.since = "Created", time.monotonic()
             return self._write_status(plural, obj, "Created")
+        if state.phase == "Created" and outcome in STUCK_PODS:
+            return self._stuck_pods(obj, outcome, state)
         if state.phase == "Created" and elapsed >= self.behaviour.job_start_seconds:
             self._set_pods_phase(obj, "Running")
             set_job_condition(status, _condition("Running", "True", f"{kind}Running", f"{kind} {full} is running."))
@@ -299,6 +304,25 @@ class Controllers:
         status["completionTime"] = now_rfc3339()
         state.phase = "Done"
         self._write_status(plural, obj, "Failed" if outcome == "Failed" else "Succeeded")
+
+    def _stuck_pods(self, obj: dict[str, Any], outcome: str, state: _JobState) -> None:
+        """Pods that never start, as the kubelet and the scheduler report them (the job stays Created)."""
+        if state.restarted:  # written once
+            return
+        state.restarted = True
+        for pod in self._pods(obj):
+            if outcome == "Unschedulable":
+                pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                                                "lastTransitionTime": now_rfc3339()}]
+            else:
+                image = pod["spec"]["containers"][0].get("image", "")
+                pod["status"]["containerStatuses"] = [{
+                    "name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False, "restartCount": 0,
+                    "state": {"waiting": {"reason": "ImagePullBackOff",
+                                          "message": f'Back-off pulling image "{image}"'}}}
+                    for c in pod["spec"].get("containers", [])]
+            self.store.update("pods", pod)
 
     def _after_finished(self, plural: str, obj: dict[str, Any], state: _JobState) -> None:
         """runPolicy.ttlSecondsAfterFinished: the operator deletes a finished job (and its pods) that long

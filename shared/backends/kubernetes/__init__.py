@@ -185,6 +185,14 @@ class KubernetesBackend:
 
     # ------------------------------------------------------------------ logs and watch
 
+    def startup_problem(self, handle: Handle) -> str | None:
+        """Why the work's pods do not start (a training job's), or None."""
+        from shared.backends.kubernetes import logs
+
+        if handle.kind is not Kind.TRAINING_JOB:
+            return None
+        return logs.startup_problem(self, handle)
+
     def log_tail(self, handle: Handle, lines: int) -> list[str]:
         """The last `lines` lines, reading no more than that from the API (a job's pod log may be huge)."""
         from collections import deque

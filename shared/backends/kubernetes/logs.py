@@ -84,6 +84,43 @@ def job_lines(
         response.release_conn()
 
 
+STUCK_REASONS = {
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+}
+
+
+def startup_problem(backend: KubernetesBackend, handle: Handle) -> str | None:
+    """Why a training job's pods do not run, as the kubelet and the scheduler say it: a container
+    waiting in ImagePullBackOff/CrashLoopBackOff/..., or PodScheduled=False (Unschedulable)."""
+    body = read_body(
+        call(
+            backend.cluster.core().list_namespaced_pod,
+            handle.namespace,
+            label_selector=f"{JOB_LABEL}={handle.name}",
+            _preload_content=False,
+            _request_timeout=backend.request_timeout,
+        )
+    )
+    for pod in sorted(body.get("items") or [], key=lambda p: p["metadata"]["name"]):
+        name, status = pod["metadata"]["name"], pod.get("status") or {}
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                return f"pod {name}: {waiting['reason']}: {waiting.get('message') or ''}".rstrip(": ")
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return f"pod {name}: {cond.get('reason') or 'Unschedulable'}: {cond.get('message') or ''}".rstrip(
+                    ": "
+                )
+    return None
+
+
 def _trials(backend: KubernetesBackend, handle: Handle) -> list[dict[str, Any]]:
     body = read_body(
         call(
