@@ -348,3 +348,15 @@ def test_a_job_stuck_before_running_says_why_and_the_startup_timeout_fails_it(k8
     assert final["message"].startswith("did not start within 3s: pod ") and reason in final["message"]
     assert time.monotonic() - started < 60
     assert double.objects("pytorchjobs") == []  # cancelled, not left pending
+
+
+def test_an_unreachable_kfp_server_is_a_one_line_error(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = cli("run", "pipeline", "--spec", str(pipeline_run(tmp_path, "nowhere")), "--backend", "kubernetes",
+                 "--kfp-host", f"http://127.0.0.1:{port}", "--namespace", "team-a", "--timeout", "20s")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot reach the server" in result.stderr.strip().splitlines()[-1]

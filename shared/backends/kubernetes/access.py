@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shared.errors import SpecError
-from shared.retry import api_error, http_status, retrying
+from shared.errors import KubeflowTasksError, SpecError, TransientError
+from shared.retry import api_error, http_status, is_transient, retrying
 
 T = TypeVar("T")
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -34,13 +34,17 @@ def call(fn: Callable[..., T], *args: Any, retry: bool = True, **kwargs: Any) ->
     """One API request, retried by `shared.retry` (the only layer: urllib3's own retries are off).
 
     An API's refusal leaves as a one-line `ApiError` (status and body kept for the caller)."""
+    what = getattr(fn, "__name__", "request").removesuffix("_with_http_info")
     try:
         return retrying()(fn, *args, **kwargs) if retry else fn(*args, **kwargs)
     except Exception as exc:
-        converted = api_error(exc, getattr(fn, "__name__", "request").removesuffix("_with_http_info"))
-        if converted is exc:
-            raise
-        raise converted from None
+        converted = api_error(exc, what)
+        if converted is not exc:
+            raise converted from None
+        if is_transient(exc) and not isinstance(exc, KubeflowTasksError):  # the server is out of reach
+            text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise TransientError(f"{what}: cannot reach the server: {text}") from None
+        raise
 
 
 def read_body(response: Any) -> Any:
