@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import tenacity
 
@@ -28,7 +27,6 @@ from shared.errors import ApiError, SpecError, TransientError
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 # Transport faults of the standard library. ConnectionError covers refused/reset/aborted connections
 # and http.client.RemoteDisconnected; TimeoutError is also socket.timeout and asyncio.TimeoutError.

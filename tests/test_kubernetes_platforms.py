@@ -23,6 +23,8 @@ from waiting import wait_until
 from shared.backends.base import SubmitContext
 from shared.backends.kubernetes import KubernetesBackend, manifests, naming, states
 from shared.errors import ApiError, BackendError, SpecError
+from shared.keys import key_digest
+from shared.mlflow_handoff import KEY_HASH_TAG
 from shared.operations import run_async, submit_or_adopt
 from shared.retry import ATTEMPTS
 from shared.specs import load_spec
@@ -235,9 +237,10 @@ def test_a_manifest_a_webhook_refuses_fails_with_its_field_before_anything_is_op
     assert double.objects("pytorchjobs") == []
     assert double.request_count("POST", "dryRun=All") == double.request_count("POST", "/pytorchjobs") == 1
     runs = MlflowClient(mlflow_server).search_runs(
-        [e.experiment_id for e in MlflowClient(mlflow_server).search_experiments()]
+        [e.experiment_id for e in MlflowClient(mlflow_server).search_experiments()],
+        filter_string=f"tags.`{KEY_HASH_TAG}` = '{key_digest('dry/teamless')}'",
     )
-    assert runs == []  # refused before the MLflow run was opened: nothing left RUNNING
+    assert runs == []  # refused before the MLflow run was opened for its key: nothing left RUNNING
 
     labelled = load_spec(manifest(tmp_path, "teamed", labels={"team": "a"}))
     handle = submit_or_adopt(backend, labelled, "dry/teamed").handle
