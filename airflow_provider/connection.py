@@ -29,7 +29,12 @@ FIELDS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "kubeconfig_path": ("Kubeconfig path", "kubeconfig file on the workers (default: $KUBECONFIG)", {"type": ["string", "null"]}),
     "in_cluster": ("In cluster", "use the pod's service account", {"type": ["boolean", "null"], "default": False}),
     "cluster_context": ("Kubeconfig context", "context in the kubeconfig", {"type": ["string", "null"]}),
-    "namespace": ("Namespace", "namespace of the work unless its spec names one", {"type": ["string", "null"]}),
+    "namespace": ("Namespace", "namespace of the work unless its spec names one (a profile namespace: KFP runs too)", {"type": ["string", "null"]}),
+    "kfp_namespace": ("KFP namespace", "namespace of KFP runs if not the one above (multi-user KFP requires one)", {"type": ["string", "null"]}),
+    "kfp_token_file": ("KFP token file", "file with the KFP bearer token on the workers, re-read on 401", {"type": ["string", "null"]}),
+    "kfp_cookies": ("KFP auth cookies", "the platform's auth cookie string, e.g. authservice_session=...; a secret", {"type": ["string", "null"]}),
+    "kfp_ssl_ca_cert": ("KFP CA certificate", "CA bundle file for the KFP endpoint's TLS", {"type": ["string", "null"]}),
+    "kfp_proxy": ("KFP proxy", "HTTP proxy URL for the KFP endpoint", {"type": ["string", "null"]}),
     "allowed_namespaces": (
         "Allowed namespaces",
         "comma-separated; work in any other namespace is refused before submission",
@@ -64,7 +69,7 @@ def ui_field_behaviour() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ConnectionOptions:
-    """What a `kubeflow` connection says. `kfp_token` is a secret: never log or return it."""
+    """What a `kubeflow` connection says. `kfp_token` and `kfp_cookies` are secrets: never log or return them."""
 
     backend: str = "local"
     kubeconfig_path: str | None = None
@@ -74,6 +79,11 @@ class ConnectionOptions:
     allowed_namespaces: tuple[str, ...] = ()
     kfp_host: str | None = None
     kfp_token: str | None = None
+    kfp_namespace: str | None = None
+    kfp_token_file: str | None = None
+    kfp_cookies: str | None = None  # a secret, like kfp_token
+    kfp_ssl_ca_cert: str | None = None
+    kfp_proxy: str | None = None
     mlflow_tracking_uri: str | None = None
     kfp_ui_url: str | None = None
     mlflow_ui_url: str | None = None
@@ -106,6 +116,11 @@ class ConnectionOptions:
             allowed_namespaces=tuple(n.strip() for n in (get("allowed_namespaces") or "").split(",") if n.strip()),
             kfp_host=host or None,
             kfp_token=password or None,
+            kfp_namespace=get("kfp_namespace") or None,
+            kfp_token_file=get("kfp_token_file") or None,
+            kfp_cookies=get("kfp_cookies") or None,
+            kfp_ssl_ca_cert=get("kfp_ssl_ca_cert") or None,
+            kfp_proxy=get("kfp_proxy") or None,
             mlflow_tracking_uri=get("mlflow_tracking_uri") or None,
             kfp_ui_url=get("kfp_ui_url") or None,
             mlflow_ui_url=get("mlflow_ui_url") or None,
@@ -120,7 +135,10 @@ class ConnectionOptions:
             raise SpecError("in_cluster", "give either a kubeconfig path or in_cluster, not both")
         if self.namespace and self.allowed_namespaces and self.namespace not in self.allowed_namespaces:
             raise SpecError("namespace", f"{self.namespace!r} is not among the allowed namespaces {list(self.allowed_namespaces)}")
-        cluster_only = ("kubeconfig_path", "cluster_context", "namespace", "allowed_namespaces", "kfp_host", "kfp_token")
+        cluster_only = (
+            "kubeconfig_path", "cluster_context", "namespace", "allowed_namespaces", "kfp_host", "kfp_token",
+            "kfp_namespace", "kfp_token_file", "kfp_cookies", "kfp_ssl_ca_cert", "kfp_proxy",
+        )
         if self.backend == "local":
             for name in cluster_only:
                 if getattr(self, name):
@@ -143,12 +161,21 @@ class ConnectionOptions:
             "kfp_host": self.kfp_host,
             "kfp_token": self.kfp_token,
             "kfp_ui_url": self.kfp_ui_url,
+            "kfp_namespace": self.kfp_namespace,
+            "kfp_token_file": self.kfp_token_file,
+            "kfp_cookies": self.kfp_cookies,
+            "kfp_ssl_ca_cert": self.kfp_ssl_ca_cert,
+            "kfp_proxy": self.kfp_proxy,
         }
         return {name: value for name, value in options.items() if value is not None}
 
     def secrets(self) -> list[str]:
         """Values to mask in every log: the KFP token and the MLflow URI's password."""
-        found = [self.kfp_token] if self.kfp_token else []
+        found = [secret for secret in (self.kfp_token, self.kfp_cookies) if secret]
+        for cookie in (self.kfp_cookies or "").split(";"):  # each cookie's value on its own too
+            value = cookie.partition("=")[2].strip()
+            if value:
+                found.append(value)
         if self.mlflow_tracking_uri:
             try:
                 password = urlsplit(self.mlflow_tracking_uri).password

@@ -23,7 +23,8 @@ OUTPUTS = ["text", "json", "setvalue"]
 KUBERNETES_OPTIONS = {
     "--kubeconfig": "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)",
     "--context": "kubeconfig context",
-    "--namespace": "namespace of the work",
+    "--namespace": "namespace of the work (a profile namespace: KFP runs too)",
+    "--kfp-namespace": "namespace of KFP runs, if not --namespace (multi-user KFP requires one)",
     "--kfp-host": "KFP API endpoint (default: $KF_PIPELINES_ENDPOINT)",
     "--kfp-token-file": "file holding the KFP bearer token (re-read on 401)",
 }
@@ -43,8 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def backend_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--backend", default="local", help="where the work runs: local (default) or kubernetes")
-        cluster = p.add_argument_group("kubernetes backend (kubectl and kfp conventions: $KUBECONFIG, $KF_PIPELINES_ENDPOINT)")
+        p.add_argument(
+            "--backend", default="local", help="where the work runs: local (default) or kubernetes"
+        )
+        cluster = p.add_argument_group(
+            "kubernetes backend (kubectl and kfp conventions: $KUBECONFIG, $KF_PIPELINES_ENDPOINT)"
+        )
         for option, text in KUBERNETES_OPTIONS.items():
             cluster.add_argument(option, help=text)
 
@@ -55,13 +60,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="submit (or adopt) work and wait for it")
     run.add_argument("kind", choices=[k.value for k in Kind])
-    run.add_argument("--spec", required=True, help="YAML/JSON file: a manifest (PyTorchJob, TFJob, Experiment) or a PipelineRun")
-    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="pipeline parameter, or ${params.NAME} in a manifest; repeatable")
+    run.add_argument(
+        "--spec",
+        required=True,
+        help="YAML/JSON file: a manifest (PyTorchJob, TFJob, Experiment) or a PipelineRun",
+    )
+    run.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="pipeline parameter, or ${params.NAME} in a manifest; repeatable",
+    )
     run.add_argument("--timeout", help="deadline such as 30m or 2h; when it passes the work is cancelled")
+    run.add_argument("--startup-timeout", help="such as 10m: work whose pods are not running by then (image pull, "
+                     "scheduling, crash loop) is cancelled and fails with the cluster's reason")
     run.add_argument("--key", help="idempotency key: a second run with the same key adopts the first")
-    run.add_argument("--mlflow-tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none means no MLflow)")
-    run.add_argument("--mlflow-upstream-run-id", help="the previous task's MLflow run id, recorded as this run's upstream")
+    run.add_argument(
+        "--mlflow-tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none means no MLflow)",
+    )
+    run.add_argument(
+        "--mlflow-upstream-run-id", help="the previous task's MLflow run id, recorded as this run's upstream"
+    )
     run.add_argument("--detach", action="store_true", help="return once submitted, without waiting")
     run.add_argument("--output", choices=OUTPUTS, default="text")
     run.add_argument("--quiet", action="store_true", help="no progress or log lines on stderr")
@@ -156,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     params = parse_params(args.param)
     timeout = parse_duration(args.timeout, "--timeout") if args.timeout else None
+    args.startup_timeout = parse_duration(args.startup_timeout, "--startup-timeout") if args.startup_timeout else None
     spec = load_spec(args.spec, kind=args.kind, params=params)
     backend = backend_from(args)
     return asyncio.run(_run(args, backend, spec, args.key or new_key(), timeout))
@@ -174,7 +196,9 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
     def submitted(submission) -> None:
         _announce(submission, progress)
         if args.output == "setvalue":  # the ids right away, so a killed task still shows what it started
-            emit({**submission.handle.to_dict(), "mlflow_run_id": submission.mlflow_run_id}, args.output, names)
+            emit(
+                {**submission.handle.to_dict(), "mlflow_run_id": submission.mlflow_run_id}, args.output, names
+            )
 
     if args.detach:
         submission = await asyncio.to_thread(
@@ -191,11 +215,17 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
         return EXIT_OK
 
     seen: set[tuple[str, str]] = set()
+    seen_problems: set[str] = set()
 
     def on_status(status) -> None:
-        if (status.state.value, status.raw_state) not in seen:  # outputs-only changes are not news
+        line = status.state.value + (f" ({status.raw_state})" if status.raw_state else "")
+        if status.message.startswith("pod ") and status.message not in seen_problems:  # stuck pods: why
+            seen_problems.add(status.message)
             seen.add((status.state.value, status.raw_state))
-            progress(status.state.value + (f" ({status.raw_state})" if status.raw_state else ""))
+            progress(f"{line}: {status.message}")
+        elif (status.state.value, status.raw_state) not in seen:  # outputs-only changes are not news
+            seen.add((status.state.value, status.raw_state))
+            progress(line)
 
     cancel_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -208,6 +238,7 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
         mlflow_tracking_uri=args.mlflow_tracking_uri,
         upstream_mlflow_run_id=args.mlflow_upstream_run_id,
         timeout=timeout,
+        startup_timeout=args.startup_timeout,
         cancel_requested=cancel_requested,
         on_submitted=submitted,
         on_status=on_status,
@@ -225,7 +256,9 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
 def _announce(submission, progress) -> None:
     handle = submission.handle
     verb = "adopted" if submission.adopted else "submitted"
-    progress(f"{verb} {handle.resource} {handle.name} as {handle.id} (attempt {handle.attempt}, key {handle.key})")
+    progress(
+        f"{verb} {handle.resource} {handle.name} as {handle.id} (attempt {handle.attempt}, key {handle.key})"
+    )
     if submission.mlflow_run_id:
         progress(f"MLflow run {submission.mlflow_run_id}")
 

@@ -28,6 +28,20 @@ class BackendError(KubeflowTasksError):
     """The backend could not do what was asked (not a transient fault)."""
 
 
+class ApiError(BackendError):
+    """An HTTP API refused a request: one line for people, the status and body for the code.
+
+    Client-library exceptions (kubernetes, kfp_server_api) print their response headers and a
+    multi-line body; this carries only the server's own message, so it can reach a user as is.
+    """
+
+    def __init__(self, message: str, status: int, body: str = "", headers: dict[str, str] | None = None):
+        super().__init__(" ".join(message.split()))
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
 class TransientError(BackendError):
     """A fault worth retrying: connection trouble, 429, 5xx."""
 

@@ -32,7 +32,7 @@ def object_name(spec_name: str, key: str, attempt: int, max_len: int = 63) -> st
     Deterministic in (spec name, key, attempt), so two submitters of the same attempt race for one
     name and the loser finds the winner's object instead of making a second one.
     """
-    suffix = f"-{key_digest(key)[:8]}-{attempt}"
+    suffix = f"-{key_digest(key)[:16]}-{attempt}"  # 64 bits of the key: no birthday collisions in practice
     slug = re.sub(r"[^a-z0-9-]+", "-", spec_name.lower()).strip("-")
     if not slug or not slug[0].isalpha():
         slug = f"r-{slug}".rstrip("-")

@@ -13,14 +13,30 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.backends.base import Backend, SubmitContext
-from shared.errors import DeadlineExceeded
-from shared.retry import call_with_retries
+from shared.errors import DeadlineExceeded, KubeflowTasksError
+from shared.retry import deadline_scope
 from shared.specs.model import Spec
 from shared.status import Handle, State, Status
+
+CANCEL_TIMEOUT = 60.0  # how long a cancel may take to be confirmed, unless the backend says otherwise
+CANCEL_THREADS = 8  # cancel requests run here, never on the event loop or the default executor
+_CANCEL_POOL: ThreadPoolExecutor | None = None
+_CANCEL_POOL_LOCK = threading.Lock()
+
+
+def cancel_pool() -> ThreadPoolExecutor:
+    """The process-wide, bounded executor of cancel requests: a mass deadline (a thousand triggers at
+    once) queues here instead of taking every thread that status reads and other triggers need."""
+    global _CANCEL_POOL
+    with _CANCEL_POOL_LOCK:
+        if _CANCEL_POOL is None:
+            _CANCEL_POOL = ThreadPoolExecutor(CANCEL_THREADS, thread_name_prefix="kubeflow-tasks-cancel")
+        return _CANCEL_POOL
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,7 @@ def submit_or_adopt(
     env: Mapping[str, str] | None = None,
     upstream_mlflow_run_id: str | None = None,
     known_id: str | None = None,
+    deadline: float | None = None,
 ) -> Submission:
     """Adopt what runs or succeeded under `key`; otherwise submit a new attempt.
 
@@ -54,18 +71,42 @@ def submit_or_adopt(
     The MLflow run is opened (or adopted, by key and attempt) before anything is submitted, so the
     work gets the hand-off variables from its first line on. `upstream_mlflow_run_id` (the previous
     task's run) is recorded on it, so a workflow's runs form one lineage.
+
+    Backend calls retry their own requests (`shared.retry`, the one layer), all within `deadline`
+    (wall-clock), which the work also gets (`SubmitContext.deadline`) to mirror on the server.
     """
+    with deadline_scope(deadline):
+        return _submit_or_adopt(
+            backend, spec, key, mlflow_tracking_uri, labels, env, upstream_mlflow_run_id, known_id, deadline
+        )
+
+
+def _submit_or_adopt(
+    backend: Backend,
+    spec: Spec,
+    key: str,
+    mlflow_tracking_uri: str | None,
+    labels: Mapping[str, str] | None,
+    env: Mapping[str, str] | None,
+    upstream_mlflow_run_id: str | None,
+    known_id: str | None,
+    deadline: float | None,
+) -> Submission:
     from shared.mlflow_handoff import open_parent_run, resolve_tracking_uri, set_remote_tags
 
     labels = dict(labels or {})
-    candidates = (_remembered(backend, known_id, key), call_with_retries(backend.find, key, spec.kind))
+    candidates = (_remembered(backend, known_id, key), backend.find(key, spec.kind, namespace=spec.namespace))
     existing = max((h for h in candidates if h is not None), key=lambda h: h.attempt, default=None)
     attempt = 1
     adopt = False
     if existing is not None:
-        status = call_with_retries(backend.status, existing)
+        status = backend.status(existing)
         adopt = not status.terminal or status.state is State.SUCCEEDED
         attempt = existing.attempt if adopt else existing.attempt + 1
+
+    dry_run = getattr(backend, "dry_run", None)
+    if not adopt and dry_run is not None:  # the server judges the work before we open anything for it
+        dry_run(spec, key, attempt, SubmitContext(env=env or {}, labels=labels, deadline=deadline))
 
     uri = resolve_tracking_uri(mlflow_tracking_uri)
     parent = None
@@ -82,8 +123,9 @@ def submit_or_adopt(
             env={**(env or {}), **(parent.env() if parent else {})},
             mlflow=parent.context() if parent else {},
             labels=labels,
+            deadline=deadline,
         )
-        handle = call_with_retries(backend.submit, spec, key, attempt, context)
+        handle = backend.submit(spec, key, attempt, context)
     if parent is not None:
         set_remote_tags(parent, handle=handle.to_dict())
     return Submission(handle=handle, adopted=adopt, mlflow=parent.context() if parent else {})
@@ -96,7 +138,7 @@ def _remembered(backend: Backend, known_id: str | None, key: str) -> Handle | No
     if not known_id:
         return None
     try:
-        handle = call_with_retries(backend.get, known_id)
+        handle = backend.get(known_id)
     except NotFound:
         return None
     return handle if handle.key == key else None
@@ -109,58 +151,177 @@ async def wait_for(
     deadline: float | None = None,
     cancel_requested: asyncio.Event | None = None,
     on_status: Callable[[Status], Awaitable[None] | None] | None = None,
+    startup_timeout: float | None = None,
+    startup_progress: bool = False,
 ) -> Status:
     """Wait until the work is terminal.
 
     `deadline` is wall-clock (time.time()) so it survives a hand-over between processes (an Airflow
     worker deferring to a triggerer). When it passes, the work is cancelled and DeadlineExceeded is
     raised carrying the final status. When `cancel_requested` is set, the work is cancelled and its
-    final status returned.
+    final status returned. Either way the cancel is bounded (`cancel_within`): its status may still be
+    non-terminal when the bound passes, and callers must end cleanly with it.
+
+    Work stuck before it runs (pods Pending in ImagePullBackOff, CrashLoopBackOff, Unschedulable) is
+    reported through `on_status` with the cluster's reason when `startup_progress` or
+    `startup_timeout` asks for it (it costs requests: a triggerer waiting on thousands of jobs does
+    not ask); past `startup_timeout` seconds without running, the work is cancelled and the status
+    is FAILED with that reason.
     """
     cancel_requested = cancel_requested or asyncio.Event()
     result: Status | None = None
+    latest: list[Status] = []
+
+    async def report(status: Status) -> None:
+        if on_status is not None:
+            maybe = on_status(status)
+            if asyncio.iscoroutine(maybe):
+                await maybe
 
     async def follow() -> Status:
-        last = None
         async for _, status in backend.watch([handle]):
-            last = status
-            if on_status is not None:
-                maybe = on_status(status)
-                if asyncio.iscoroutine(maybe):
-                    await maybe
-        assert last is not None
-        return last
+            latest[:] = [status]
+            await report(status)
+        assert latest
+        return latest[0]
 
     watcher = asyncio.ensure_future(follow())
     stopper = asyncio.ensure_future(cancel_requested.wait())
+    waiting = {watcher, stopper}
+    starter = None
+    if startup_timeout is not None or startup_progress:
+        starter = asyncio.ensure_future(_watch_startup(backend, handle, latest, report, startup_timeout))
+        waiting.add(starter)
     timeout = None if deadline is None else max(0.0, deadline - time.time())
     try:
-        done, _ = await asyncio.wait({watcher, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if starter in done and starter.result() is None:  # it runs: nothing more to watch for
+                waiting.discard(starter)
+                timeout = None if deadline is None else max(0.0, deadline - time.time())
+                continue
+            break
         if watcher in done:
             return watcher.result()
-        result = await asyncio.to_thread(backend.cancel, handle)
+        result = await cancel_within(backend, handle, watcher)
+        if starter is not None and starter in done:
+            problem = starter.result()
+            result = Status(State.FAILED, "StartupTimeout", problem, result.outputs)
+            return result
         if stopper in done:
             return result
-        raise DeadlineExceeded(
-            f"deadline passed; {handle.resource or handle.kind.value} {handle.id} was cancelled", status=result
-        )
+        what = f"{handle.resource or handle.kind.value} {handle.id}"
+        if result.terminal:
+            raise DeadlineExceeded(f"deadline passed; {what} was cancelled", status=result)
+        raise DeadlineExceeded(f"deadline passed; {what}: {result.message}", status=result)
     finally:
-        for task in (watcher, stopper):
-            task.cancel()
+        for task in (watcher, stopper, starter):
+            if task is not None:
+                task.cancel()
         if result is not None and on_status is not None:
             maybe = on_status(result)
             if asyncio.iscoroutine(maybe):
                 await maybe
 
 
+STARTUP_POLL = 2.0  # seconds between looks at the pods of work that has not started, growing to 30
+
+
+async def _watch_startup(
+    backend: Backend,
+    handle: Handle,
+    latest: list[Status],
+    report: Callable[[Status], Awaitable[None]],
+    startup_timeout: float | None,
+) -> str | None:
+    """None once the work runs (or ends); the reason it did not start when `startup_timeout` passed."""
+    probe = getattr(backend, "startup_problem", None)
+    started_at = time.monotonic()
+    reported: str | None = None
+    pause = STARTUP_POLL
+    while True:
+        current = latest[0] if latest else None
+        if current is not None and current.terminal:
+            return None
+        problem = None
+        if probe is not None:
+            try:
+                problem = await asyncio.to_thread(probe, handle)
+            except KubeflowTasksError:
+                problem = None  # cannot look (RBAC, a fault): keep waiting as before
+        running = current is not None and current.state is State.RUNNING
+        if running and problem is None:
+            return None
+        if problem and problem != reported:
+            state = current.state if current else State.PENDING
+            await report(
+                Status(
+                    state,
+                    current.raw_state if current else "Pending",
+                    problem,
+                    current.outputs if current else {},
+                )
+            )
+        reported = problem or reported
+        elapsed = time.monotonic() - started_at
+        if startup_timeout is not None and elapsed >= startup_timeout:
+            return f"did not start within {startup_timeout:g}s: {problem or reported or 'no pod is running'}"
+        rest = None if startup_timeout is None else startup_timeout - elapsed
+        await asyncio.sleep(pause if rest is None else max(0.05, min(pause, rest)))
+        pause = min(30.0, pause * 1.5)
+
+
+async def cancel_within(backend: Backend, handle: Handle, watcher: asyncio.Future | None = None) -> Status:
+    """Cancel the work and wait, at most the backend's `cancel_timeout`, for it to be terminal.
+
+    The request goes to the bounded cancel pool; the end is seen through `watcher` (the waiter's own
+    watch, costing no thread) where the backend can start a cancel without waiting (`request_cancel`).
+    Past the bound, the last status comes back with a message saying the cancel is not confirmed.
+    (`run_in_executor` does not carry the task's `deadline_scope`: a cancel after the deadline must
+    still be able to retry its requests.)"""
+    loop = asyncio.get_running_loop()
+    bound = float(getattr(backend, "cancel_timeout", CANCEL_TIMEOUT))
+    request = getattr(backend, "request_cancel", None)
+    try:
+        if request is None or watcher is None:  # the backend's own cancel waits (bounded) itself
+            return await asyncio.wait_for(
+                loop.run_in_executor(cancel_pool(), backend.cancel, handle), bound + 5
+            )
+        before = await asyncio.wait_for(loop.run_in_executor(cancel_pool(), request, handle), bound)
+        if before.terminal:
+            return before
+        return await asyncio.wait_for(asyncio.shield(watcher), bound)
+    except (TimeoutError, KubeflowTasksError) as exc:
+        last = await _last_status(backend, handle)
+        if last is not None and last.terminal:
+            return last
+        reason = f"no end within {bound:g}s" if isinstance(exc, TimeoutError) else str(exc)
+        last = last or Status(State.RUNNING, "Unknown", "")
+        message = f"cancel requested but not confirmed ({reason}); last seen {last.raw_state}"
+        return Status(
+            last.state, last.raw_state, message + (f": {last.message}" if last.message else ""), last.outputs
+        )
+
+
+async def _last_status(backend: Backend, handle: Handle) -> Status | None:
+    loop = asyncio.get_running_loop()
+    try:
+        return await asyncio.wait_for(loop.run_in_executor(cancel_pool(), backend.status, handle), 30)
+    except (TimeoutError, KubeflowTasksError):
+        return None
+
+
 def finish(submission: Submission, status: Status) -> None:
-    """End the MLflow run with the remote outcome and its outputs (no-op without MLflow)."""
+    """End the MLflow run with the remote outcome and its outputs (no-op without MLflow).
+
+    A status that is not terminal here comes from a cancel not confirmed in time: we stopped
+    waiting for the work, so the run ends KILLED with that reason, never left RUNNING."""
     if submission.mlflow:
         from shared.mlflow_handoff import ParentRun, finish_parent_run
 
         finish_parent_run(
             ParentRun.from_context(submission.mlflow),
-            state=status.state,
+            state=status.state if status.terminal else State.CANCELLED,
             message=status.message,
             outputs=status.outputs,
         )
@@ -197,6 +358,7 @@ async def run_async(
     on_status: Callable[[Status], None] | None = None,
     on_log: Callable[[str], None] | None = None,
     known_id: str | None = None,
+    startup_timeout: float | None = None,
 ) -> Outcome:
     """Submit or adopt, follow the logs, wait with the deadline, end the MLflow run: one task's life."""
     deadline = None if timeout is None else time.time() + timeout
@@ -209,6 +371,7 @@ async def run_async(
         labels=labels,
         upstream_mlflow_run_id=upstream_mlflow_run_id,
         known_id=known_id,
+        deadline=deadline,
     )
     if on_submitted is not None:
         on_submitted(submission)
@@ -219,7 +382,13 @@ async def run_async(
     timed_out = False
     try:
         status = await wait_for(
-            backend, submission.handle, deadline=deadline, cancel_requested=cancel_requested, on_status=on_status
+            backend,
+            submission.handle,
+            deadline=deadline,
+            cancel_requested=cancel_requested,
+            on_status=on_status,
+            startup_timeout=startup_timeout,
+            startup_progress=True,  # one task's waiter: a look at its pods now and then is cheap
         )
     except DeadlineExceeded as exc:
         timed_out = True

@@ -1,4 +1,5 @@
-"""Retrying transient API errors: connection trouble, 429 (with Retry-After) and 5xx, never other 4xx.
+"""The one retry layer: transient API errors (connection trouble, 429 with Retry-After, 5xx, never
+other 4xx) are recognised and retried here, per request, within the task's deadline.
 
 Every backend talks to some HTTP API through a different client library (kubernetes, kfp_server_api,
 requests, urllib3, MLflow). Their exceptions are recognised here without importing those libraries:
@@ -8,23 +9,24 @@ classes are looked up in `sys.modules` and a library that was never imported is 
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import http.client
+import json
 import logging
 import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
 
 import tenacity
 
-from shared.errors import SpecError, TransientError
+from shared.errors import ApiError, SpecError, TransientError
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 # Transport faults of the standard library. ConnectionError covers refused/reset/aborted connections
 # and http.client.RemoteDisconnected; TimeoutError is also socket.timeout and asyncio.TimeoutError.
@@ -96,6 +98,8 @@ def _is_plain_mlflow_exception(exc: BaseException) -> bool:
 
 def http_status(exc: BaseException) -> int | None:
     """The HTTP status an API exception reports, if it is one we know."""
+    if isinstance(exc, ApiError):
+        return exc.status
     if isinstance(exc, _loaded(_API_EXCEPTIONS)):
         status = getattr(exc, "status", None)
         return status if isinstance(status, int) and status >= 100 else None
@@ -146,7 +150,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _headers(exc: BaseException) -> Mapping[str, str] | None:
-    headers = getattr(exc, "headers", None)
+    headers = getattr(exc, "headers", None)  # ApiError and the client libraries' ApiException
     if headers is None:
         headers = getattr(getattr(exc, "response", None), "headers", None)
     return headers if isinstance(headers, Mapping) else None
@@ -181,8 +185,30 @@ def retry_after(exc: BaseException) -> float | None:
     return None
 
 
+def api_error(exc: BaseException, what: str) -> BaseException:
+    """`exc` as a one-line `ApiError` when it is an HTTP API's answer, else `exc` itself.
+
+    The message is the server's own (`message` of a Kubernetes Status or a google.rpc.Status body),
+    never the response headers the client libraries print (they may carry cookies)."""
+    status = http_status(exc)
+    if status is None or isinstance(exc, ApiError) or not isinstance(exc, _loaded(_API_EXCEPTIONS)):
+        return exc
+    raw = getattr(exc, "body", None) or b""
+    body = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    try:
+        parsed = json.loads(body) if body else {}
+    except ValueError:
+        parsed = {}
+    message = (parsed.get("message") or parsed.get("error")) if isinstance(parsed, dict) else None
+    text = message or body[:300] or getattr(exc, "reason", "") or "no message"
+    headers = {str(k): str(v) for k, v in (_headers(exc) or {}).items() if str(k).lower() == "retry-after"}
+    return ApiError(f"{what}: HTTP {status}: {text}", status, body, headers)
+
+
 def _log_retry(retry_state: tenacity.RetryCallState) -> None:
     exc = retry_state.outcome.exception() if retry_state.outcome else None
+    if exc is not None:  # the server's message only: a client library's text has the headers (cookies)
+        exc = api_error(exc, "request")
     log.warning(
         "transient error (attempt %d), retrying in %.1fs: %s",
         retry_state.attempt_number,
@@ -191,43 +217,77 @@ def _log_retry(retry_state: tenacity.RetryCallState) -> None:
     )
 
 
+MAX_RETRY_AFTER = 120.0  # without a deadline, the longest Retry-After we wait for
+ATTEMPTS = 8  # per request: at 20% random faults the chance that all fail is 0.2**8
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "kubeflow_tasks_deadline", default=None
+)
+
+
+@contextmanager
+def deadline_scope(deadline: float | None) -> Iterator[None]:
+    """Every retry inside (this thread and what `asyncio.to_thread` starts from it) stops by `deadline`.
+
+    `deadline` is wall-clock (`time.time()`), like the task's: the same in every process. A nested
+    scope can only shorten it."""
+    current = _DEADLINE.get()
+    if deadline is None or (current is not None and current <= deadline):
+        yield
+        return
+    token = _DEADLINE.set(deadline)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def current_deadline() -> float | None:
+    return _DEADLINE.get()
+
+
 def retrying(
-    *, attempts: int = 5, max_wait: float = 15.0, deadline: float | None = None
+    *,
+    attempts: int = ATTEMPTS,
+    max_wait: float = 5.0,
+    deadline: float | None = None,
+    also: Callable[[BaseException], bool] | None = None,
 ) -> tenacity.Retrying:
     """A tenacity `Retrying` for transient errors; use it as `retrying()(fn, *args)` or `for attempt in …`.
 
-    The wait is exponential backoff with jitter from 0.2 s up to `max_wait`, raised to the server's
-    Retry-After when that is longer (still capped at `max_wait`). It gives up after `attempts` calls or
-    when the next wait would end after the `deadline` (a `time.monotonic()` value), and then re-raises
-    the last exception as is, so callers see the real error, not a tenacity wrapper.
+    This is the one retry layer: every request is retried here and nowhere above it. The wait is
+    exponential backoff with jitter from 0.2 s up to `max_wait`, or the server's Retry-After when that
+    is longer (up to the deadline, else `MAX_RETRY_AFTER`). It gives up after `attempts` calls, or when
+    the next wait would end after the deadline (wall-clock: `deadline`, else the `deadline_scope`), and
+    then re-raises the last exception as is. `also` names further errors worth another try (a create
+    that met a concurrent one, say); it never makes a permanent error transient by itself.
     """
     backoff = tenacity.wait_random_exponential(multiplier=0.2, min=min(0.2, max_wait), max=max_wait)
+
+    def until() -> float | None:
+        scoped = _DEADLINE.get()
+        return min(d for d in (deadline, scoped) if d is not None) if (deadline or scoped) else None
 
     def wait(retry_state: tenacity.RetryCallState) -> float:
         seconds = backoff(retry_state)
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         hint = retry_after(exc) if exc is not None else None
         if hint is not None:
-            seconds = max(seconds, hint)
-        return min(seconds, max_wait)
+            end = until()
+            cap = MAX_RETRY_AFTER if end is None else max(0.0, end - time.time())
+            seconds = max(seconds, min(hint, cap))
+        return seconds
 
-    stop: Callable[[tenacity.RetryCallState], bool] = tenacity.stop_after_attempt(attempts)
-    if deadline is not None:
+    def past_deadline(retry_state: tenacity.RetryCallState) -> bool:
+        end = until()
+        return end is not None and time.time() + retry_state.upcoming_sleep > end
 
-        def past_deadline(retry_state: tenacity.RetryCallState) -> bool:
-            return time.monotonic() + retry_state.upcoming_sleep > deadline
-
-        stop = tenacity.stop_any(stop, past_deadline)
+    def worth_retrying(exc: BaseException) -> bool:
+        return is_transient(exc) or (also is not None and also(exc))
 
     return tenacity.Retrying(
-        retry=tenacity.retry_if_exception(is_transient),
+        retry=tenacity.retry_if_exception(worth_retrying),
         wait=wait,
-        stop=stop,
+        stop=tenacity.stop_any(tenacity.stop_after_attempt(attempts), past_deadline),
         reraise=True,
         before_sleep=_log_retry,
     )
-
-
-def call_with_retries(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`fn(*args, **kwargs)` with the default retry policy."""
-    return retrying()(fn, *args, **kwargs)

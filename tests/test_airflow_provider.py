@@ -89,7 +89,8 @@ def test_trigger_serialises_ids_connection_and_deadline_only() -> None:
     trigger = KubeflowRunTrigger(handle=handle, kubeflow_conn_id="kf", deadline=1234.5)
     path, kwargs = trigger.serialize()
     assert path == "airflow_provider.triggers.kubeflow.KubeflowRunTrigger"
-    assert kwargs == {"handle": handle, "kubeflow_conn_id": "kf", "deadline": 1234.5, "cancel_on_kill": True}
+    assert kwargs == {"handle": handle, "kubeflow_conn_id": "kf", "deadline": 1234.5, "cancel_on_kill": True,
+                      "startup_timeout": None}
     assert KubeflowRunTrigger(**kwargs).serialize() == (path, kwargs)
 
 

@@ -590,3 +590,61 @@ def test_random_faults_leave_the_double_consistent(k8s_double, kube, kfp_api) ->
     listed = runs.run_service_list_runs(experiment_id=exp.experiment_id).runs
     assert sorted(r.display_name for r in listed) == run_names, "one run per name despite lost answers"
     wait_for(lambda: all(r["state"] == "SUCCEEDED" for r in k8s_double.runs()))
+
+
+def test_dry_run_validates_defaults_and_stores_nothing(k8s_double, kube) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    co, _ = kube
+    answer = co.create_namespaced_custom_object(G, "v1", NS, "pytorchjobs", pytorchjob("dry-a"), dry_run="All")
+    assert answer["spec"]["runPolicy"]["suspend"] is False and not answer["metadata"].get("resourceVersion")
+    assert co.list_namespaced_custom_object(G, "v1", NS, "pytorchjobs")["items"] == []
+    with pytest.raises(ApiException) as refused:  # the webhook judges a dry run like a real create
+        co.create_namespaced_custom_object(G, "v1", NS, "pytorchjobs", pytorchjob("dry-b", master_replicas=2), dry_run="All")
+    assert refused.value.status == 422
+    with pytest.raises(ApiException) as bad:
+        co.create_namespaced_custom_object(G, "v1", NS, "pytorchjobs", pytorchjob("dry-c"), dry_run="Yes")
+    assert bad.value.status == 400
+    co.create_namespaced_custom_object(G, "v1", NS, "pytorchjobs", pytorchjob("dry-d"))
+    with pytest.raises(ApiException) as exists:  # existence is checked too
+        co.create_namespaced_custom_object(G, "v1", NS, "pytorchjobs", pytorchjob("dry-d"), dry_run="All")
+    assert exists.value.status == 409
+
+
+def test_kueue_creates_queued_jobs_suspended_and_admits_them(k8s_double, kube) -> None:
+    co, _ = kube
+    k8s_double.set_behaviour(kueue_admit_seconds=0.5)
+    job = pytorchjob("queued-a")
+    job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = "q"
+    created = co.create_namespaced_custom_object(G, "v1", NS, "pytorchjobs", job)
+    assert created["spec"]["runPolicy"]["suspend"] is True  # Kueue's mutating webhook
+    wait_for(lambda: any(c["type"] == "Suspended" and c["status"] == "True" for c in
+                         (co.get_namespaced_custom_object(G, "v1", NS, "pytorchjobs", "queued-a").get("status") or {})
+                         .get("conditions", [])))
+    done = wait_for(lambda: next((o for o in [co.get_namespaced_custom_object(G, "v1", NS, "pytorchjobs", "queued-a")]
+                                  if any(c["type"] == "Succeeded" for c in o["status"]["conditions"])), None))
+    assert done["spec"]["runPolicy"]["suspend"] is False
+    assert {"type": "Suspended", "status": "False"}.items() <= next(
+        c for c in done["status"]["conditions"] if c["type"] == "Suspended").items()
+
+
+def test_kfp_multi_user_mode(k8s_double, kfp_api) -> None:
+    import kfp_server_api
+    from kfp_server_api.exceptions import ApiException
+
+    k8s_double.set_behaviour(kfp_multi_user=True)
+    assert kfp_server_api.HealthzServiceApi(kfp_api).healthz_service_get_healthz().multi_user is True
+    runs = kfp_server_api.RunServiceApi(kfp_api)
+    with pytest.raises(ApiException) as unscoped:
+        runs.run_service_list_runs()
+    assert unscoped.value.status == 400 and "namespace" in unscoped.value.body
+    spec = {"pipelineInfo": {"name": "p"}, "root": {"dag": {"tasks": {}}}, "schemaVersion": "2.1.0", "sdkVersion": "kfp-2.17.0"}
+    with pytest.raises(ApiException) as homeless:
+        runs.run_service_create_run(kfp_server_api.V2beta1Run(display_name="r", pipeline_spec=spec))
+    assert "empty namespace in multi-user mode" in homeless.value.body
+    exp = kfp_server_api.ExperimentServiceApi(kfp_api).experiment_service_create_experiment(
+        kfp_server_api.V2beta1Experiment(display_name="Default", namespace="team-a"))
+    run = runs.run_service_create_run(kfp_server_api.V2beta1Run(display_name="r", pipeline_spec=spec,
+                                                                experiment_id=exp.experiment_id))
+    assert [r.run_id for r in runs.run_service_list_runs(namespace="team-a").runs] == [run.run_id]
+    assert not runs.run_service_list_runs(namespace="team-b").runs

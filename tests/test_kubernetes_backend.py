@@ -41,7 +41,7 @@ def test_object_names_are_deterministic_dns_1035_within_the_webhook_limit(kind, 
     long_name = "9-Very_Long.Name" * 8
     name = naming.object_name(long_name, "dag/task/run/0", 3, naming.MAX_NAME[kind])
     assert naming.DNS_1035.fullmatch(name) and len(name) <= limit
-    assert name.endswith(f"-{naming.key_hash('dag/task/run/0')[:8]}-3")
+    assert name.endswith(f"-{naming.key_hash('dag/task/run/0')[:16]}-3")  # 64 bits of the key hash
     assert name == naming.object_name(long_name, "dag/task/run/0", 3, naming.MAX_NAME[kind])
     assert name != naming.object_name(long_name, "dag/task/run/1", 3, naming.MAX_NAME[kind])
 
@@ -108,10 +108,28 @@ def test_job_terminal_conditions_win_and_carry_reason_and_message():
     assert status.state is State.FAILED and status.message == "PyTorchJobFailed: backoff limit"
     assert status.outputs["replica_statuses"] == {"Master": {"failed": 1}}
     assert states.job_status({"metadata": {}, "status": {}}).state is State.PENDING
-    assert (
-        states.job_status({"metadata": {}, "status": {"conditions": [_cond("Suspended")]}}).state
-        is State.CANCELLED
+
+
+def test_suspended_is_pending_never_terminal_and_says_who_holds_it():
+    created = _cond("Created", at="2026-01-01T00:00:00Z")
+    suspended = _cond(
+        "Suspended", at="2026-01-01T00:00:01Z", reason="PyTorchJobSuspended", message="x is suspended."
     )
+    queued = {
+        "metadata": {"labels": {"kueue.x-k8s.io/queue-name": "team-q"}},
+        "status": {"conditions": [created, suspended]},
+    }
+    status = states.job_status(queued)
+    assert (status.state, status.raw_state, status.terminal) == (State.PENDING, "Suspended", False)
+    assert status.message == "queued/suspended by Kueue (queue team-q): PyTorchJobSuspended: x is suspended."
+    paused = states.job_status({"metadata": {}, "status": {"conditions": [created, suspended]}})
+    assert paused.state is State.PENDING and paused.message.startswith(
+        "queued/suspended by spec.runPolicy.suspend"
+    )
+    resumed = [created, dict(suspended, status="False", at="2026-01-01T00:00:05Z")]
+    assert states.job_status({"metadata": {}, "status": {"conditions": resumed}}).state is State.PENDING
+    done = [created, dict(suspended, status="False"), _cond("Succeeded", at="2026-01-01T00:00:09Z")]
+    assert states.job_status({"metadata": {}, "status": {"conditions": done}}).state is State.SUCCEEDED
 
 
 def test_experiment_succeeded_without_optimal_trial_is_failed():

@@ -314,14 +314,22 @@ def test_active_deadline_kills_the_replicas_and_fails_the_job(tmp_path):
     assert_gone(pids(pid_dir))
 
 
-def test_a_suspended_job_is_not_run(tmp_path):
+def test_a_suspended_job_waits_pending_until_cancelled(tmp_path):
+    """Suspended is a queue, not an outcome (Kueue resumes such jobs on a cluster): never terminal."""
     spec = job(run_policy={"suspend": True}, Master=replica("replica.py"))
     run = Run(spec, tmp_path / "run")
+    result: list[Status] = []
+    worker = threading.Thread(target=lambda: result.append(run()), daemon=True)
+    worker.start()
 
-    status = run()
+    wait_until(lambda: run.reports, timeout=10)
+    assert (run.reports[-1].state, run.reports[-1].raw_state) == (State.PENDING, "Suspended")
+    assert run.reports[-1].message.startswith("queued/suspended by runPolicy.suspend")
+    assert worker.is_alive()  # still waiting: not FAILED, not CANCELLED
 
-    assert status.state is State.FAILED
-    assert "suspend" in status.message
+    run.runner.stop()
+    worker.join(10)
+    assert result and result[0].state is State.CANCELLED
     assert not (tmp_path / "run" / "logs").exists()
 
 

@@ -15,7 +15,7 @@ import requests
 import urllib3
 
 from shared.errors import SpecError, TransientError
-from shared.retry import call_with_retries, is_transient, retry_after, retrying
+from shared.retry import deadline_scope, is_transient, retry_after, retrying
 
 
 def _response(status: int, headers: dict[str, str] | None = None) -> urllib3.HTTPResponse:
@@ -210,24 +210,36 @@ def test_gives_up_after_attempts_with_the_real_error() -> None:
     assert len(fn.calls) == 3
 
 
-def test_honours_retry_after_up_to_max_wait() -> None:
-    fn = Flaky(k8s_error(429, {"Retry-After": "0.4"}))
-    assert retrying(max_wait=1.0)(fn) == "ok"
-    assert fn.calls[1] - fn.calls[0] >= 0.4  # the backoff alone would be 0.2 s
+def test_honours_retry_after_beyond_the_backoff_cap_up_to_the_deadline() -> None:
+    fn = Flaky(k8s_error(429, {"Retry-After": "1.2"}))
+    with deadline_scope(time.time() + 10):
+        assert retrying(max_wait=0.05)(fn) == "ok"
+    assert fn.calls[1] - fn.calls[0] >= 1.2  # the backoff alone would be at most 0.05 s
 
-    capped = Flaky(k8s_error(429, {"Retry-After": "120"}))
-    assert retrying(max_wait=0.05)(capped) == "ok"
-    assert capped.calls[1] - capped.calls[0] < 1.0
+    hopeless = Flaky(k8s_error(429, {"Retry-After": "120"}))  # later than the deadline: give up now
+    started = time.monotonic()
+    with deadline_scope(time.time() + 1.0), pytest.raises(kubernetes.client.ApiException):
+        retrying(max_wait=0.05)(hopeless)
+    assert len(hopeless.calls) == 1 and time.monotonic() - started < 0.5
 
 
 def test_stops_when_the_next_wait_would_pass_the_deadline() -> None:
     fn = Flaky(k8s_error(503, {"Retry-After": "0.5"}), k8s_error(503))
     with pytest.raises(kubernetes.client.ApiException):
-        retrying(max_wait=1.0, deadline=time.monotonic() + 0.2)(fn)
+        retrying(max_wait=1.0, deadline=time.time() + 0.2)(fn)
     assert len(fn.calls) == 1
 
 
-def test_iterator_form_and_convenience() -> None:
+def test_a_deadline_scope_bounds_every_retry_inside_it_and_only_shortens() -> None:
+    fn = Flaky(*(k8s_error(503) for _ in range(50)))
+    started = time.monotonic()
+    with deadline_scope(time.time() + 0.6), deadline_scope(time.time() + 60):  # the inner one cannot extend
+        with pytest.raises(kubernetes.client.ApiException):
+            retrying(attempts=50, max_wait=0.2)(fn)
+    assert time.monotonic() - started < 1.0 and 1 < len(fn.calls) < 50
+
+
+def test_iterator_form() -> None:
     fn = Flaky(TimeoutError("timed out"))
     for attempt in retrying(max_wait=0.01):
         with attempt:
@@ -235,6 +247,3 @@ def test_iterator_form_and_convenience() -> None:
     assert result == "ok"
     assert len(fn.calls) == 2
 
-    fn = Flaky(ConnectionResetError(104, "reset"))
-    assert call_with_retries(fn, "value") == "value"
-    assert len(fn.calls) == 2

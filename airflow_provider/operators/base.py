@@ -76,6 +76,9 @@ class KubeflowBaseOperator(BaseOperator):
         so the lineage continues. Templated.
     :param deferrable: wait in the triggerer instead of a worker slot.
     :param cancel_on_kill: cancel the work when the task is killed or times out.
+    :param startup_timeout: seconds (or a timedelta) the work's pods may take to run; past it (an image
+        that does not pull, no node that fits, a crash loop) the work is cancelled and the task fails
+        with the cluster's reason.
     """
 
     kind: ClassVar[Kind]
@@ -94,6 +97,7 @@ class KubeflowBaseOperator(BaseOperator):
         upstream_mlflow_run_id: str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         cancel_on_kill: bool = True,
+        startup_timeout: float | timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(params=params, **kwargs)
@@ -104,6 +108,9 @@ class KubeflowBaseOperator(BaseOperator):
         self.upstream_mlflow_run_id = upstream_mlflow_run_id
         self.deferrable = deferrable
         self.cancel_on_kill = cancel_on_kill
+        self.startup_timeout = (
+            startup_timeout.total_seconds() if isinstance(startup_timeout, timedelta) else startup_timeout
+        )
         self._backend: Backend | None = None
         self._submission: Submission | None = None
 
@@ -183,6 +190,7 @@ class KubeflowBaseOperator(BaseOperator):
                 on_submitted=lambda submission: self._submitted(context, options, submission),
                 on_status=self._log_status,
                 on_log=lambda line: self.log.info("| %s", line),
+                startup_timeout=self.startup_timeout,
             )
         )
         return self._complete(context, outcome.submission.handle, outcome.status)
@@ -253,7 +261,10 @@ class KubeflowBaseOperator(BaseOperator):
         self.log.info("deferring until %s %s is done", submission.handle.resource, submission.handle.id)
         self.defer(
             trigger=KubeflowRunTrigger(
-                handle=submission.handle.to_dict(), kubeflow_conn_id=self.kubeflow_conn_id, deadline=deadline
+                handle=submission.handle.to_dict(),
+                kubeflow_conn_id=self.kubeflow_conn_id,
+                deadline=deadline,
+                startup_timeout=self.startup_timeout,
             ),
             method_name="execute_complete",
             kwargs={
@@ -283,8 +294,7 @@ class KubeflowBaseOperator(BaseOperator):
         uri = resolve_tracking_uri(options.mlflow_tracking_uri)
         mlflow = {"tracking_uri": uri, "run_id": mlflow_run_id, "experiment_id": mlflow_experiment_id or ""}
         self._submission = Submission(handle, adopted, mlflow if uri and mlflow_run_id else {})
-        for line in deque(backend.logs(handle), maxlen=RESUME_LOG_LINES):
-            self.log.info("| %s", line)
+        self._print_log_tail(backend, handle)
         if event["event"] == "error":
             raise AirflowException(f"waiting for {handle.resource} {handle.id} failed: {event['message']}")
         if event["event"] == "timeout":
@@ -297,6 +307,17 @@ class KubeflowBaseOperator(BaseOperator):
         self._log_status(status)
         finish(self._submission, status)
         return self._complete(context, handle, status)
+
+    def _print_log_tail(self, backend: Backend, handle: Handle) -> None:
+        """The work's last log lines, for people; a log we cannot read (no `pods/log` RBAC, the pod
+        already cleaned up, a 5xx) is a warning, never the task's outcome."""
+        try:
+            tail = getattr(backend, "log_tail", None)
+            lines = tail(handle, RESUME_LOG_LINES) if tail else deque(backend.logs(handle), maxlen=RESUME_LOG_LINES)
+            for line in lines:
+                self.log.info("| %s", line)
+        except Exception as exc:
+            self.log.warning("could not read the log of %s %s: %s", handle.resource, handle.id, " ".join(str(exc).split())[:300])
 
     # ------------------------------------------------------------------ kill
 

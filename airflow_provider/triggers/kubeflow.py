@@ -3,8 +3,11 @@
 It serialises only the remote handle (ids, no secret), the connection id and the absolute deadline,
 so a restarted or another triggerer resumes it; credentials are read from the connection when it
 runs. Every backend call is either async (`watch`) or sent to a thread, so the event loop is never
-blocked. `cleanup` never cancels (it runs on triggerer restarts too); `on_kill` (Airflow 3.3+, a
-user marking the task failed/success or clearing it) cancels, best effort.
+blocked: building the backend (a kubeconfig whose exec plugin takes seconds) happens in a thread,
+once per connection, and all triggers of that connection in the process share it, so they share
+one API client and the core's watches. Cancels go to the core's bounded cancel pool. `cleanup`
+never cancels (it runs on triggerer restarts too); `on_kill` (Airflow 3.3+, a user marking the task
+failed/success or clearing it) cancels, best effort.
 """
 
 from __future__ import annotations
@@ -18,6 +21,34 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider.connection import DEFAULT_CONN_ID
 
 ON_KILL_CANCEL_TIMEOUT = 20.0  # inside Airflow's [triggerer] on_kill_timeout (30 s)
+_BACKENDS: dict[Any, asyncio.Future] = {}  # (conn id, options) -> the backend being built or built
+
+
+async def shared_backend(kubeflow_conn_id: str) -> Any:
+    """The process's backend for this connection (as it reads now), built once, off the event loop."""
+    from airflow_provider.hooks.kubeflow import KubeflowHook
+
+    options = await KubeflowHook(kubeflow_conn_id).aoptions()
+    key = (kubeflow_conn_id, options)  # a changed connection gets a backend of its own
+    future = _BACKENDS.get(key)
+    if future is None:
+        future = _BACKENDS[key] = asyncio.ensure_future(asyncio.to_thread(_connected, options))
+    try:
+        return await asyncio.shield(future)
+    except Exception:
+        if _BACKENDS.get(key) is future:  # the next trigger tries again
+            del _BACKENDS[key]
+        raise
+
+
+def _connected(options: Any) -> Any:
+    from airflow_provider.hooks.kubeflow import KubeflowHook
+
+    backend = KubeflowHook.backend_for(options)
+    connect = getattr(backend, "connect", None)
+    if connect is not None:
+        connect()
+    return backend
 
 
 class KubeflowRunTrigger(BaseTrigger):
@@ -29,6 +60,7 @@ class KubeflowRunTrigger(BaseTrigger):
     :param deadline: wall-clock time (epoch seconds) at which the work is cancelled, or None.
     :param cancel_on_kill: cancel the work when the user kills the deferred task (False for sensors,
         which wait on work they did not start).
+    :param startup_timeout: seconds the work may take to run (see the operators), or None.
     """
 
     def __init__(
@@ -37,12 +69,14 @@ class KubeflowRunTrigger(BaseTrigger):
         kubeflow_conn_id: str = DEFAULT_CONN_ID,
         deadline: float | None = None,
         cancel_on_kill: bool = True,
+        startup_timeout: float | None = None,
     ) -> None:
         super().__init__()
         self.handle = handle
         self.kubeflow_conn_id = kubeflow_conn_id
         self.deadline = deadline
         self.cancel_on_kill = cancel_on_kill
+        self.startup_timeout = startup_timeout
         self._backend: Any = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -53,16 +87,13 @@ class KubeflowRunTrigger(BaseTrigger):
                 "kubeflow_conn_id": self.kubeflow_conn_id,
                 "deadline": self.deadline,
                 "cancel_on_kill": self.cancel_on_kill,
+                "startup_timeout": self.startup_timeout,
             },
         )
 
     async def _get_backend(self) -> Any:
-        """One backend per trigger (its clients are reused for every call)."""
         if self._backend is None:
-            from airflow_provider.hooks.kubeflow import KubeflowHook
-
-            options = await KubeflowHook(self.kubeflow_conn_id).aoptions()
-            self._backend = await asyncio.to_thread(KubeflowHook.backend_for, options)
+            self._backend = await shared_backend(self.kubeflow_conn_id)
         return self._backend
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -80,7 +111,9 @@ class KubeflowRunTrigger(BaseTrigger):
 
         try:
             backend = await self._get_backend()
-            status = await wait_for(backend, handle, deadline=self.deadline, on_status=progress)
+            status = await wait_for(
+                backend, handle, deadline=self.deadline, on_status=progress, startup_timeout=self.startup_timeout
+            )
         except DeadlineExceeded as exc:
             final = exc.status.to_dict() if isinstance(exc.status, Status) else None
             yield TriggerEvent(self._event("timeout", str(exc), final))
@@ -98,12 +131,15 @@ class KubeflowRunTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         if not self.cancel_on_kill:
             return
+        from shared.operations import cancel_pool
         from shared.status import Handle
 
         backend = await self._get_backend()
         handle = Handle.from_dict(self.handle)
+        cancel = getattr(backend, "request_cancel", backend.cancel)  # start it; the end is not ours to wait
+        loop = asyncio.get_running_loop()
         try:
-            status = await asyncio.wait_for(asyncio.to_thread(backend.cancel, handle), ON_KILL_CANCEL_TIMEOUT)
+            status = await asyncio.wait_for(loop.run_in_executor(cancel_pool(), cancel, handle), ON_KILL_CANCEL_TIMEOUT)
         except Exception as exc:  # best effort: the task is being killed anyway
             self.log.warning("could not cancel %s %s: %s", handle.resource, handle.id, exc)
             return

@@ -21,23 +21,32 @@ class SubmitContext:
 
     `env` reaches every process of the work (MLflow hand-off variables among them);
     `mlflow` carries the parent run for backends that create nested runs themselves (Katib trials);
-    `labels` are the scheduler's identity of the task, stored on the remote object for people.
+    `labels` are the scheduler's identity of the task, stored on the remote object for people;
+    `deadline` (wall-clock, `time.time()`) is the task's, for backends that mirror it on the server
+    so that work orphaned by a dead client still ends.
     """
 
     env: Mapping[str, str] = field(default_factory=dict)
     mlflow: Mapping[str, str] = field(default_factory=dict)  # tracking_uri, run_id, experiment_id
     labels: Mapping[str, str] = field(default_factory=dict)
+    deadline: float | None = None
 
 
 @runtime_checkable
 class Backend(Protocol):
+    """What every backend does. Optional, found with `getattr` by `shared.operations`:
+    `dry_run(spec, key, attempt, context)` (let the server judge the work before anything is opened
+    for it), `request_cancel(handle)` (start a cancel without waiting; the waiter's watch sees the
+    end) and `cancel_timeout` (seconds a cancel may take to be confirmed)."""
+
     name: str
 
     def submit(self, spec: Spec, key: str, attempt: int, context: SubmitContext) -> Handle:
         """Create the work for (key, attempt), or return the object that already exists for it."""
 
-    def find(self, key: str, kind: Kind | None = None) -> Handle | None:
-        """The newest attempt submitted under `key`, or None."""
+    def find(self, key: str, kind: Kind | None = None, namespace: str | None = None) -> Handle | None:
+        """The newest attempt submitted under `key`, or None; `namespace` is where the spec says the
+        work lives (a backend with namespaces looks there too)."""
 
     def get(self, id: str) -> Handle:
         """The handle of the work with this backend id; raises NotFound."""

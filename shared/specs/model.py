@@ -82,7 +82,9 @@ class ObjectiveSpec:
     objective_metric_name: str
     goal: float | None = None
     additional_metric_names: tuple[str, ...] = ()
-    metric_strategies: tuple[tuple[str, str], ...] = ()  # (metric name, min|max|latest), filled for every metric
+    metric_strategies: tuple[
+        tuple[str, str], ...
+    ] = ()  # (metric name, min|max|latest), filled for every metric
 
 
 @dataclass(frozen=True)

@@ -96,11 +96,14 @@ class KubeDouble:
     def set_behaviour(self, **kw: Any) -> None:
         """Controller timings/outcomes (`Behaviour` fields: job_run_seconds, job_outcome, trial_outcome, ...),
         KFP (`kfp_pending_seconds`, `kfp_run_seconds`, `kfp_cancel_seconds`, `kfp_outcome`, `kfp_outcomes`),
-        `bookmark_interval`, `watch_cut_after`, `webhook_status` (422, or 403 as controller-runtime sends)."""
+        `bookmark_interval`, `watch_cut_after`, `webhook_status` (422, or 403 as controller-runtime sends),
+        `kfp_multi_user` (KFP in multi-user mode, see kfp.py) and `kueue_admit_seconds` (see controllers.py)."""
         names = {f.name for f in fields(Behaviour)}
         for key, value in kw.items():
             if key in names:
                 setattr(self.behaviour, key, value)
+            elif key == "kfp_multi_user":
+                self.kfp.multi_user = bool(value)
             elif key.startswith("kfp_") and hasattr(self.kfp.behaviour, key[4:]):
                 setattr(self.kfp.behaviour, key[4:], value)
             elif key in ("bookmark_interval", "watch_cut_after"):

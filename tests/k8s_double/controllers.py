@@ -8,7 +8,13 @@ A background thread reconciles every `tick` seconds. Timings and outcomes come f
   restarts it in place, as with restartPolicy OnFailure: restartCount grows, the job stays Running
   until runPolicy.backoffLimit or activeDeadlineSeconds fails it); experiments `Succeeded` (trials succeed) | `Failed` (trials fail,
   so maxFailedTrialCount ends it with ExperimentFailed) | `Hang` (trials never finish).
+  `ImagePullBackOff` | `Unschedulable` (the pods stay Pending with the kubelet's waiting reason or
+  the scheduler's PodScheduled=False condition; the job stays Created).
 - `double.kubeflow-tasks.dev/run-seconds`: how long the job (or each trial) runs, e.g. "0.5".
+
+Kueue: a job labelled `kueue.x-k8s.io/queue-name` is created suspended (kube.py plays Kueue's
+mutating webhook) and admitted `Behaviour.kueue_admit_seconds` later by setting
+`spec.runPolicy.suspend` to false, as Kueue does; the operator then resumes it (Suspended=False).
 
 Conditions are written as the operators write them: training operator `setCondition` /
 `filterOutCondition` (Running and Restarting replace each other, Succeeded/Failed flip Running to
@@ -38,6 +44,8 @@ from .store import Store, now_rfc3339
 
 ANNOTATION_OUTCOME = "double.kubeflow-tasks.dev/outcome"
 ANNOTATION_RUN_SECONDS = "double.kubeflow-tasks.dev/run-seconds"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+STUCK_PODS = ("ImagePullBackOff", "Unschedulable")  # outcomes whose pods never start
 JOB_KINDS = {"pytorchjobs": ("PyTorchJob", "pytorchReplicaSpecs", "pytorch"),
              "tfjobs": ("TFJob", "tfReplicaSpecs", "tensorflow")}
 DEFAULT_RESTART_POLICY = {"pytorchjobs": "OnFailure", "tfjobs": "Never"}  # the operator's setDefaults
@@ -55,6 +63,7 @@ class Behaviour:
     trial_outcome: str = "Succeeded"
     pod_termination_seconds: float = 0.05
     log_epochs: int = 3
+    kueue_admit_seconds: float | None = 0.2  # a queued job is admitted this long after it was seen; None: never
 
 
 @dataclass
@@ -64,6 +73,7 @@ class _JobState:
     restarted: bool = False
     epochs: int = 0
     crashes: int = 0  # CrashLoop: container restarts so far
+    finished_at: float | None = None  # when the job was seen finished (ttlSecondsAfterFinished)
 
 
 def _condition(ctype: str, status: str, reason: str, message: str) -> dict[str, str]:
@@ -117,6 +127,8 @@ class Controllers:
         self.jobs: dict[str, _JobState] = {}
         self.trial_started: dict[str, float] = {}
         self.deleting_since: dict[str, float] = {}
+        self.kueue_seen: dict[str, float] = {}
+        self.kueue_admitted: set[str] = set()
         self.kfp_step = lambda: None
         self.thread = threading.Thread(target=self._run, name="k8s-double-controllers", daemon=True)
 
@@ -215,8 +227,10 @@ class Controllers:
         run_seconds = self.behaviour.job_run_seconds if run_seconds is None else run_seconds
         elapsed = time.monotonic() - state.since
         if state.phase == "Done" or _is_true(obj, "Failed") or _is_true(obj, "Succeeded"):
-            return
+            return self._after_finished(plural, obj, state)
         suspend = bool((obj["spec"].get("runPolicy") or {}).get("suspend"))
+        if suspend and self._kueue_admits(plural, obj):
+            return
         if suspend and state.phase != "Suspended":
             for pod in self._pods(obj):
                 self._delete_dependent("pods", pod)
@@ -235,6 +249,8 @@ class Controllers:
             self._create_pods(plural, obj)
             state.phase, state.since = "Created", time.monotonic()
             return self._write_status(plural, obj, "Created")
+        if state.phase == "Created" and outcome in STUCK_PODS:
+            return self._stuck_pods(obj, outcome, state)
         if state.phase == "Created" and elapsed >= self.behaviour.job_start_seconds:
             self._set_pods_phase(obj, "Running")
             set_job_condition(status, _condition("Running", "True", f"{kind}Running", f"{kind} {full} is running."))
@@ -288,6 +304,52 @@ class Controllers:
         status["completionTime"] = now_rfc3339()
         state.phase = "Done"
         self._write_status(plural, obj, "Failed" if outcome == "Failed" else "Succeeded")
+
+    def _stuck_pods(self, obj: dict[str, Any], outcome: str, state: _JobState) -> None:
+        """Pods that never start, as the kubelet and the scheduler report them (the job stays Created)."""
+        if state.restarted:  # written once
+            return
+        state.restarted = True
+        for pod in self._pods(obj):
+            if outcome == "Unschedulable":
+                pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                                                "lastTransitionTime": now_rfc3339()}]
+            else:
+                image = pod["spec"]["containers"][0].get("image", "")
+                pod["status"]["containerStatuses"] = [{
+                    "name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False, "restartCount": 0,
+                    "state": {"waiting": {"reason": "ImagePullBackOff",
+                                          "message": f'Back-off pulling image "{image}"'}}}
+                    for c in pod["spec"].get("containers", [])]
+            self.store.update("pods", pod)
+
+    def _after_finished(self, plural: str, obj: dict[str, Any], state: _JobState) -> None:
+        """runPolicy.ttlSecondsAfterFinished: the operator deletes a finished job (and its pods) that long
+        after it finished."""
+        ttl = (obj["spec"].get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+        if ttl is None:
+            return
+        finished = state.finished_at = state.finished_at or time.monotonic()
+        if time.monotonic() - finished >= ttl:
+            meta = obj["metadata"]
+            self.store.delete(plural, meta["namespace"], meta["name"])
+
+    def _kueue_admits(self, plural: str, obj: dict[str, Any]) -> bool:
+        """Kueue: a suspended job with a queue-name label is admitted (spec.runPolicy.suspend set to false)
+        `kueue_admit_seconds` after it was first seen; True when it did so now."""
+        meta = obj["metadata"]
+        if not (meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL) or meta["uid"] in self.kueue_admitted:
+            return False
+        seen = self.kueue_seen.setdefault(meta["uid"], time.monotonic())
+        wait = self.behaviour.kueue_admit_seconds
+        if wait is None or time.monotonic() - seen < wait:
+            return False
+        self.kueue_admitted.add(meta["uid"])
+        obj["spec"]["runPolicy"]["suspend"] = False
+        meta["generation"] = meta.get("generation", 1) + 1
+        self._write_status(plural, obj, "Admitted")
+        return True
 
     def _past_limits(self, plural: str, obj: dict[str, Any], running_for: float) -> str | None:
         """The operator's failure message when backoffLimit or activeDeadlineSeconds is exceeded, else None."""

@@ -9,6 +9,12 @@ Run lifecycle: PENDING -> RUNNING -> SUCCEEDED | FAILED; `:terminate` -> CANCELI
 Outcome per run: the pipeline parameter `double_outcome` (SUCCEEDED | FAILED | HANG, HANG never
 finishes until terminated) and `double_run_seconds`, else `KfpRuns.outcomes` (display-name
 substring -> outcome), else the defaults in `KfpRuns`.
+
+Multi-user mode (`multi_user = True`, as a full Kubeflow install with Profiles runs it; see
+`backend/src/apiserver/server/run_server.go`): `healthz` says so; listing runs or experiments needs
+a `namespace` (or an `experiment_id`, whose namespace counts); a run must belong to an experiment of
+a namespace; `namespace_access` (token -> namespaces) plays the SubjectAccessReview, so another
+profile's namespace is PermissionDenied (403).
 """
 
 from __future__ import annotations
@@ -178,11 +184,28 @@ class KfpApi:
         self.timeline: dict[str, tuple[str, float]] = {}  # run_id -> (state, monotonic since)
         self.behaviour = KfpRuns()
         self.record_change = record_change
+        self.multi_user = False
+        self.namespace_access: dict[str, set[str]] = {}  # multi-user: token -> namespaces it may use
+        self._token_seen = ""
 
     # -- App protocol
 
     def authorized(self, req: Request) -> bool:
-        return req.headers.get("authorization") == f"Bearer {self.token}"
+        auth = req.headers.get("authorization", "")
+        self._token_seen = auth[7:] if auth.startswith("Bearer ") else ""
+        return self._token_seen == self.token or self._token_seen in self.namespace_access
+
+    def _authorize(self, namespace: str, verb: str) -> None:
+        """Multi-user mode: an empty namespace is refused, another profile's is PermissionDenied."""
+        if not self.multi_user:
+            return
+        if not namespace:
+            raise KfpError(400, f"Failed to {verb}: Invalid input error: a namespace is required in multi-user mode "
+                           "(ListRuns must filter by namespace)")
+        allowed = self.namespace_access.get(self._token_seen)
+        if allowed is not None and namespace not in allowed:
+            raise KfpError(403, f"Failed to {verb} due to authorization error. Check if you have permission to "
+                           f"access namespace {namespace}: PermissionDenied")
 
     def unauthorized(self) -> Response:
         return KfpError(401, "Unauthenticated: the request has no valid bearer token").response
@@ -209,7 +232,7 @@ class KfpApi:
             raise KfpError(404, "Not Found")
         rest = path[len(PREFIX):].strip("/").split("/")
         if rest == ["healthz"] and method == "GET":
-            return Response(200, {"multi_user": False, "pipeline_store": "database"})
+            return Response(200, {"multi_user": self.multi_user, "pipeline_store": "database"})
         if rest[0] == "experiments":
             return self._experiments(req, rest[1:])
         if rest[0] == "pipelines":
@@ -226,6 +249,7 @@ class KfpApi:
             self.swagger.check_def(body, "v2beta1Experiment")
             if not body.get("display_name"):
                 raise KfpError(400, "Invalid input error: Experiment name is empty. Please specify a valid experiment name")
+            self._authorize(body.get("namespace", ""), "create a new experiment")
             if any(e["display_name"] == body["display_name"] and e.get("namespace", "") == body.get("namespace", "")
                    for e in self.experiments.values()):
                 raise KfpError(409, f"Already exist error: Failed to create a new experiment. The name {body['display_name']} already exists")
@@ -236,7 +260,10 @@ class KfpApi:
             self.experiments[exp["experiment_id"]] = exp
             return Response(200, exp)
         if not rest and req.method == "GET":
-            items = apply_filter(list(self.experiments.values()), req.query.get("filter", ""))
+            namespace = req.query.get("namespace", "")
+            self._authorize(namespace, "list experiments")
+            items = [e for e in self.experiments.values() if not self.multi_user or e.get("namespace") == namespace]
+            items = apply_filter(items, req.query.get("filter", ""))
             page, token = _page(_sorted(items, req.query.get("sort_by", "")), req.query)
             return Response(200, {"experiments": page, "total_size": len(items), "next_page_token": token})
         if len(rest) == 1 and req.method == "GET":
@@ -316,14 +343,21 @@ class KfpApi:
         if not rest and req.method == "POST":
             return Response(200, self._create_run(req.json()))
         if not rest and req.method == "GET":
+            namespace = req.query.get("namespace", "")
+            if req.query.get("experiment_id") in self.experiments:
+                namespace = self.experiments[req.query["experiment_id"]].get("namespace", "")
+            self._authorize(namespace, "list runs")
             items = [r for r in self.runs.values()
-                     if not req.query.get("experiment_id") or r["experiment_id"] == req.query["experiment_id"]]
+                     if (not req.query.get("experiment_id") or r["experiment_id"] == req.query["experiment_id"])
+                     and (not self.multi_user or self._run_namespace(r) == namespace)]
             items = apply_filter(items, req.query.get("filter", ""))
             page, token = _page(_sorted(items, req.query.get("sort_by", "")), req.query)
             return Response(200, {"runs": copy.deepcopy(page), "total_size": len(items), "next_page_token": token})
         run_id, _, verb = rest[0].partition(":")
         if run_id not in self.runs:
             raise KfpError(404, f"Not found error: Failed to get run {run_id}: ResourceNotFoundError: Run {run_id} not found")
+        if self.multi_user:
+            self._authorize(self._run_namespace(self.runs[run_id]), "get a run" if not verb else f"{verb} a run")
         if len(rest) == 1 and not verb and req.method == "GET":
             return Response(200, copy.deepcopy(self.runs[run_id]))
         if verb == "terminate" and req.method == "POST":
@@ -355,6 +389,12 @@ class KfpApi:
             unknown = set(value) - MLFLOW_PLUGIN_KEYS
             if unknown:
                 raise KfpError(400, f"Invalid input error: unknown fields in plugins_input.mlflow: {sorted(unknown)}")
+        if self.multi_user:
+            exp = self.experiments.get(body.get("experiment_id") or "")
+            if not exp or not exp.get("namespace"):
+                raise KfpError(400, "Failed to create a new run: Invalid input error: A run cannot have an empty "
+                               "namespace in multi-user mode")
+            self._authorize(exp["namespace"], "create a run")
         exp_id = body.get("experiment_id") or self._default_experiment()
         if exp_id not in self.experiments:
             raise KfpError(404, f"Not found error: Failed to get experiment {exp_id}")
@@ -372,6 +412,10 @@ class KfpApi:
         self.runs[run["run_id"]] = run
         self._transition(run, "PENDING")
         return copy.deepcopy(run)
+
+    def _run_namespace(self, run: dict[str, Any]) -> str:
+        """A v2beta1 Run has no namespace field: it is its experiment's."""
+        return (self.experiments.get(run.get("experiment_id", "")) or {}).get("namespace", "")
 
     def _transition(self, run: dict[str, Any], state: str) -> None:
         run["state"] = state

@@ -15,6 +15,7 @@ import re
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,8 @@ RESOURCES = {r.plural: r for r in (
     Resource("", "v1", "Pod", "pods"),
 )}
 ADMITTED = {"pytorchjobs", "tfjobs", "experiments", "trials"}
+KUEUE_MANAGED = {"pytorchjobs", "tfjobs"}
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 CR_PATH = re.compile(r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/(?:namespaces/(?P<ns>[^/]+)/)?(?P<plural>[^/]+)"
                      r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$")
@@ -119,6 +122,8 @@ class KubeApi:
         self.tokens: set[str] = set()
         self.bookmark_interval = 1.0
         self.watch_cut_after = 2  # events sent before a "watch-cut" fault breaks the stream
+        self.policy_webhooks: list[Any] = []  # see _policy_webhooks
+        self.dry_runs = 0  # dry-run creates answered (they leave nothing in the store)
 
     # -- App protocol
 
@@ -354,15 +359,47 @@ class KubeApi:
         for key in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation", "managedFields"):
             meta.pop(key, None)
         obj.pop("status", None)  # the status subresource: create ignores .status
+        dry_run = self._dry_run(req)
+        if res.plural in KUEUE_MANAGED and (meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL):
+            # Kueue's mutating webhook (jobframework ApplyDefaultForSuspend): queued jobs start suspended.
+            obj.setdefault("spec", {}).setdefault("runPolicy", {})["suspend"] = True
         warnings = self.admission.admit(res.plural, res.kind, res.group, obj, req.query.get("fieldValidation", ""))
+        self._policy_webhooks(res, obj)
         with self.store.cond:
             if self.store.objects.get((res.plural, ns, meta["name"])) is not None:
                 raise KubeError(409, "AlreadyExists", f'{res.qualified} "{meta["name"]}" already exists',
                                 {"name": meta["name"], "group": res.group, "kind": res.plural})
+            if dry_run:  # validated, defaulted, admitted, and nothing stored (no resourceVersion, no event)
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("creationTimestamp", now_rfc3339())
+                meta.setdefault("generation", 1)
+                self.dry_runs += 1
+                return Response(201, obj)
             created = self.store.create(res.plural, obj)
             self.store.record_change(res.plural, created, "Added")
         headers = {"Warning": ", ".join(f'299 - "{w}"' for w in warnings)} if warnings else {}
         return Response(201, created, headers=headers)
+
+    @staticmethod
+    def _dry_run(req: Request) -> bool:
+        """`dryRun=All` as the apiserver takes it (any other value is refused; absent means a real write)."""
+        value = req.query.get("dryRun")
+        if value is None:
+            return False
+        if value != "All":
+            raise KubeError(400, "BadRequest", f'Invalid dryRun value: "{value}": supported values: "All"')
+        return True
+
+    def _policy_webhooks(self, res: Resource, obj: dict[str, Any]) -> None:
+        """Extra validating webhooks (a cluster's policy engine): `deny(plural, obj)` -> (field, message) or None."""
+        for deny in self.policy_webhooks:
+            found = deny(res.plural, obj)
+            if found:
+                field, message = found
+                text = f'admission webhook "policy.example.com" denied the request: {field}: {message}'
+                raise KubeError(422, "Invalid", text, {"name": obj["metadata"].get("name", ""), "group": res.group,
+                                "kind": res.kind, "causes": [{"reason": "FieldValueInvalid", "field": field,
+                                                              "message": message}]})
 
     def _update(self, req: Request, res: Resource, ns: str, name: str, status_only: bool) -> Response:
         body = req.json()

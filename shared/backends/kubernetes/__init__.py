@@ -1,8 +1,9 @@
 """The Kubernetes backend: Kubeflow's own APIs on a real cluster.
 
 Training jobs (PyTorchJob, TFJob, `kubeflow.org/v1`) and Katib experiments (`kubeflow.org/v1beta1`)
-are custom resources created through the `kubernetes` client; pipeline runs go to the KFP v2beta1
-API through `kfp_server_api`. Handle ids say where the work is:
+are custom resources created through the `kubernetes` client (`resources`); pipeline runs go to the
+KFP v2beta1 API through `kfp_server_api` (`runs`). This module holds the configuration, the
+namespace rules and the waiting both share. Handle ids say where the work is:
 
 - `<namespace>/<plural>/<name>` for a custom resource, e.g. `team-a/pytorchjobs/train-1a2b3c4d-1`;
 - `kfp/<run_id>` for a KFP run.
@@ -17,21 +18,19 @@ this module loads neither `kubernetes` nor `kfp`: clients are built on the first
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from shared.backends.base import SubmitContext
-from shared.backends.kubernetes import hub, manifests, naming, pipelines, states
-from shared.backends.kubernetes.access import Cluster, ClusterOptions, Kfp, KfpOptions, call, read_body
-from shared.errors import BackendError, NotFound, SpecError
-from shared.retry import http_status
+from shared.backends.kubernetes import hub, manifests, states
+from shared.backends.kubernetes.access import Cluster, ClusterOptions, Kfp, KfpOptions
+from shared.backends.kubernetes.resources import CustomResources, deleted_by_us, remember_end, split_id
+from shared.backends.kubernetes.runs import KFP_PREFIX, PipelineRuns
+from shared.errors import BackendError, SpecError
 from shared.specs.model import PipelineRunSpec, Spec
-from shared.status import Handle, Kind, State, Status
+from shared.status import Handle, Kind, Status
 
-KFP_PREFIX = "kfp/"
-_DELETED_BY_US: set[str] = set()  # handle ids this process deleted: their 404 means CANCELLED
+__all__ = ["KFP_PREFIX", "KubernetesBackend"]
 
 
 class KubernetesBackend:
@@ -53,6 +52,10 @@ class KubernetesBackend:
         kfp_token: str | None = None,
         kfp_ui_url: str | None = None,
         kfp_namespace: str | None = None,
+        kfp_cookies: str | None = None,
+        kfp_ssl_ca_cert: str | None = None,
+        kfp_proxy: str | None = None,
+        kfp_verify_ssl: bool = True,
         kfp_mlflow_plugin: bool = False,
         kfp_poll_interval: float = 3.0,
         request_timeout: float = 30.0,
@@ -71,16 +74,36 @@ class KubernetesBackend:
             ClusterOptions(kubeconfig, context, namespace, in_cluster, host, token, verify_ssl),
             request_timeout,
         )
-        self.kfp = Kfp(
-            KfpOptions(kfp_host, kfp_token, kfp_token_file, kfp_ui_url, kfp_namespace), request_timeout
+        # A profile namespace holds both the jobs and the KFP runs: `namespace` applies to runs too.
+        kfp_options = KfpOptions(
+            kfp_host,
+            kfp_token,
+            kfp_token_file,
+            kfp_ui_url,
+            kfp_namespace or namespace,
+            kfp_cookies,
+            kfp_ssl_ca_cert,
+            kfp_proxy,
+            kfp_verify_ssl,
         )
-        self.experiments = pipelines.Experiments(self.kfp)
-        self.kfp_mlflow_plugin = kfp_mlflow_plugin
+        self.kfp = Kfp(kfp_options, request_timeout)
+        self.resources = CustomResources(self.cluster, request_timeout, cancel_timeout)
+        self.runs = PipelineRuns(self.kfp, cancel_timeout, kfp_mlflow_plugin)
         self.kfp_poll_interval = kfp_poll_interval
         self.request_timeout = request_timeout
         self.cancel_timeout = cancel_timeout
         self.log_poll_interval = log_poll_interval
         self._used_namespaces: set[str] = set()
+
+    def connect(self) -> None:
+        """Load the configuration and build the clients now. Blocking (an exec-plugin credential such
+        as EKS's or GKE's runs a program): async callers run it in a thread before they use us."""
+        try:
+            self.cluster.api_client()
+        except SpecError:
+            pass  # a KFP-only configuration: the cluster is reported missing when it is needed
+        if self.kfp.configured:
+            self.kfp.api_client()
 
     # ------------------------------------------------------------------ namespaces
 
@@ -107,193 +130,78 @@ class KubernetesBackend:
 
     def submit(self, spec: Spec, key: str, attempt: int, context: SubmitContext) -> Handle:
         if isinstance(spec, PipelineRunSpec):
-            return self._submit_run(spec, key, attempt, context)
+            if spec.namespace:
+                self._check_allowed(spec.namespace)
+            return self.runs.submit(spec, key, attempt, spec.namespace or self.kfp.options.namespace, context)
         namespace = self.namespace_for(spec)
         self._used_namespaces.add(namespace)
-        resource = manifests.resource_of(spec)
-        body = manifests.build(spec, key, attempt, namespace, context)
-        api = self.cluster.custom()
-        try:
-            obj = read_body(
-                call(
-                    api.create_namespaced_custom_object,
-                    resource.group,
-                    resource.version,
-                    namespace,
-                    resource.plural,
-                    body,
-                    _preload_content=False,
-                    _request_timeout=self.request_timeout,
-                )
-            )
-        except Exception as exc:
-            status = http_status(exc)
-            if status == 409:  # another process (or our own lost answer) created it: adopt if it is ours
-                obj = self.get_object(namespace, resource.plural, body["metadata"]["name"])
-                found = (obj.get("metadata", {}).get("annotations") or {}).get(naming.KEY_ANNOTATION)
-                if found != key:
-                    raise BackendError(
-                        f"{resource.kind} {namespace}/{body['metadata']['name']} exists with another key"
-                    ) from None
-            elif status in (400, 422):
-                raise _invalid(exc) from None
-            else:
-                raise
-        return self._cr_handle(resource, obj)
+        return self.resources.submit(spec, key, attempt, namespace, context)
 
-    def _submit_run(self, spec: PipelineRunSpec, key: str, attempt: int, context: SubmitContext) -> Handle:
-        display_name = naming.run_display_name(spec.name, key, attempt)
-        namespace = spec.namespace or self.kfp.options.namespace
-        if spec.namespace:
-            self._check_allowed(spec.namespace)
-        experiment_plugin = context.mlflow.get("experiment_id") if self.kfp_mlflow_plugin else None
-        body = pipelines.run_body(  # compiled and checked before anything is sent
-            spec,
-            display_name=display_name,
-            key=key,
-            env=context.env,
-            mlflow_plugin_experiment=experiment_plugin,
-        )
-        if spec.experiment:
-            body["experiment_id"] = self.experiments.id_for(spec.experiment, namespace)
-        api = self.kfp.runs()
-        run = pipelines.create_once_then_find(
-            lambda: self.kfp.request(api.run_service_create_run, body, retry=False),
-            lambda: self._find_run(pipelines.equals("display_name", display_name), key, namespace),
-        )
-        return self._run_handle(run, key)
+    def dry_run(self, spec: Spec, key: str, attempt: int, context: SubmitContext) -> None:
+        """A server-side dry run of a custom resource (a KFP run has none: its body is checked locally)."""
+        if not isinstance(spec, PipelineRunSpec):
+            self.resources.dry_run(spec, key, attempt, self.namespace_for(spec), context)
 
     # ------------------------------------------------------------------ find and get
 
-    def find(self, key: str, kind: Kind | None = None) -> Handle | None:
+    def find(self, key: str, kind: Kind | None = None, namespace: str | None = None) -> Handle | None:
+        """`namespace` (the manifest's) is searched first: a new process knows no namespace it used."""
         if kind is Kind.PIPELINE:
-            return self._find_run_handle(key)
-        found: list[Handle] = []
-        resources = manifests.FOR_KIND.get(kind, ()) if kind else tuple(manifests.RESOURCES.values())
-        selector = f"{naming.KEY_HASH_LABEL}={naming.key_hash(key)}"
-        for namespace in self._search_namespaces():
-            for resource in resources:
-                for obj in self._list_objects(namespace, resource, selector):
-                    if (obj["metadata"].get("annotations") or {}).get(naming.KEY_ANNOTATION) == key:
-                        found.append(self._cr_handle(resource, obj))
-        if not found and kind is None and self.kfp.configured:
-            return self._find_run_handle(key)
-        return max(found, key=lambda h: h.attempt) if found else None
-
-    def _find_run_handle(self, key: str) -> Handle | None:
-        namespace = self.kfp.options.namespace
-        run = self._find_run(
-            pipelines.substring("display_name", f"-{naming.key_hash(key)[:16]}-"), key, namespace
+            return self.runs.find(key, namespace or self.kfp.options.namespace)
+        if namespace:
+            self._check_allowed(namespace)
+        found = self.resources.find(
+            key, kind, list(dict.fromkeys([*([namespace] if namespace else []), *self._search_namespaces()]))
         )
-        return self._run_handle(run, key) if run else None
-
-    def _find_run(self, filter_: str, key: str, namespace: str | None) -> dict[str, Any] | None:
-        """The newest attempt (then the oldest run of it) among runs matching the filter and key."""
-        kwargs = {"namespace": namespace} if namespace else {}
-        body = self.kfp.request(
-            self.kfp.runs().run_service_list_runs, filter=filter_, page_size=100, **kwargs
-        )
-        runs = [r for r in body.get("runs") or [] if pipelines.key_of(r) == key]
-        if not runs:
-            return None
-        newest = max(naming.attempt_of_display_name(r.get("display_name", "")) for r in runs)
-        runs = [r for r in runs if naming.attempt_of_display_name(r.get("display_name", "")) == newest]
-        return min(runs, key=lambda r: (str(r.get("created_at") or ""), r["run_id"]))
+        if found is None and kind is None and self.kfp.configured:
+            return self.runs.find(key, self.kfp.options.namespace)
+        return found
 
     def get(self, id: str) -> Handle:
         if id.startswith(KFP_PREFIX):
-            run = self._get_run(id.removeprefix(KFP_PREFIX))
-            return self._run_handle(run, pipelines.key_of(run) or "")
-        namespace, plural, name = _split(id)
-        return self._cr_handle(manifests.BY_PLURAL[plural], self.get_object(namespace, plural, name))
+            return self.runs.get(id, self.kfp.options.namespace)
+        return self.resources.get(id)
 
     def list(self) -> Sequence[Handle]:
-        handles = []
-        for namespace in self._search_namespaces():
-            for resource in manifests.RESOURCES.values():
-                objects = self._list_objects(namespace, resource, naming.KEY_HASH_LABEL)
-                handles += [self._cr_handle(resource, obj) for obj in objects]
+        handles = self.resources.list(self._search_namespaces())
         if self.kfp.configured:
-            kwargs = {"namespace": self.kfp.options.namespace} if self.kfp.options.namespace else {}
-            body = self.kfp.request(
-                self.kfp.runs().run_service_list_runs, page_size=100, sort_by="created_at desc", **kwargs
-            )
-            handles += [
-                self._run_handle(r, key) for r in body.get("runs") or [] if (key := pipelines.key_of(r))
-            ]
+            handles += self.runs.list(self.kfp.options.namespace)
         return handles
 
     # ------------------------------------------------------------------ status and cancel
 
     def status(self, handle: Handle) -> Status:
-        if handle.id.startswith(KFP_PREFIX):
-            try:
-                run = self._get_run(handle.id.removeprefix(KFP_PREFIX))
-            except NotFound:
-                return states.deleted_status(None, cancelled=False)
-            return states.kfp_status(run, handle.url)
-        namespace, plural, name = _split(handle.id)
-        try:
-            obj = self.get_object(namespace, plural, name)
-        except NotFound:
-            return states.deleted_status(None, cancelled=handle.id in _DELETED_BY_US)
-        return states.status_of(plural, obj)
+        return self._part(handle).status(handle)
 
     def cancel(self, handle: Handle) -> Status:
-        if handle.id.startswith(KFP_PREFIX):
-            return self._cancel_run(handle)
-        status = self.status(handle)
-        if status.terminal:
-            return status
-        namespace, plural, name = _split(handle.id)
-        resource = manifests.BY_PLURAL[plural]
-        api = self.cluster.custom()
-        _DELETED_BY_US.add(handle.id)
-        marker = {"metadata": {"annotations": {naming.CANCELLED_ANNOTATION: "true"}}}
-        args = (resource.group, resource.version, namespace, plural, name)
-        for method, extra in (
-            (api.patch_namespaced_custom_object, (marker,)),  # so other processes see CANCELLED too
-            (api.delete_namespaced_custom_object, ()),
-        ):
-            kwargs: dict[str, Any] = {"_request_timeout": self.request_timeout, "_preload_content": False}
-            if method == api.delete_namespaced_custom_object:
-                kwargs["propagation_policy"] = "Foreground"  # an Experiment's trials go with it
-            try:
-                call(method, *args, *extra, **kwargs)
-            except Exception as exc:
-                if http_status(exc) == 404:
-                    break
-                if method == api.delete_namespaced_custom_object or http_status(exc) is None:
-                    raise
-        deadline = time.monotonic() + self.cancel_timeout
-        delay = 0.05
-        while time.monotonic() < deadline:
-            status = self.status(handle)
-            if status.raw_state == "Deleted":
-                return status
-            time.sleep(delay)
-            delay = min(1.0, delay * 2)
-        return Status(
-            State.RUNNING, "Terminating", f"deleted {self.cancel_timeout:g}s ago, but the object remains"
-        )
+        return self._part(handle).cancel(handle)
 
-    def _cancel_run(self, handle: Handle) -> Status:
-        status = self.status(handle)
-        if status.terminal:
-            return status
-        run_id = handle.id.removeprefix(KFP_PREFIX)
-        self.kfp.request(self.kfp.runs().run_service_terminate_run, run_id)
-        deadline = time.monotonic() + self.cancel_timeout
-        delay = 0.1
-        while time.monotonic() < deadline:  # termination is asynchronous: CANCELING, then a final state
-            status = self.status(handle)
-            if status.terminal:
-                return status
-            time.sleep(delay)
-            delay = min(2.0, delay * 2)
-        return status
+    def request_cancel(self, handle: Handle) -> Status:
+        """Start cancelling without waiting for the end (a waiter sees the end through `watch`)."""
+        return self._part(handle).request_cancel(handle)
+
+    def _part(self, handle: Handle) -> CustomResources | PipelineRuns:
+        return self.runs if handle.id.startswith(KFP_PREFIX) else self.resources
 
     # ------------------------------------------------------------------ logs and watch
+
+    def startup_problem(self, handle: Handle) -> str | None:
+        """Why the work's pods do not start (a training job's), or None."""
+        from shared.backends.kubernetes import logs
+
+        if handle.kind is not Kind.TRAINING_JOB:
+            return None
+        return logs.startup_problem(self, handle)
+
+    def log_tail(self, handle: Handle, lines: int) -> list[str]:
+        """The last `lines` lines, reading no more than that from the API (a job's pod log may be huge)."""
+        from collections import deque
+
+        from shared.backends.kubernetes import logs
+
+        if handle.id.startswith(KFP_PREFIX) or handle.resource == "Experiment":
+            return list(deque(self.logs(handle), maxlen=lines))
+        return list(logs.job_lines(self, handle, follow=False, tail=lines))
 
     def logs(self, handle: Handle, follow: bool = False) -> Iterator[str]:
         from shared.backends.kubernetes import logs
@@ -308,7 +216,10 @@ class KubernetesBackend:
         """Statuses from the shared watches and poller; a waiter costs no requests of its own."""
         sub = hub.Subscriber(asyncio.get_running_loop())
         by_id = {h.id: h for h in handles}
-        sources = {oid: self._source(oid) for oid in by_id}
+        # Finding a source may build the client (kubeconfig, exec plugin): never on the event loop.
+        sources = await asyncio.to_thread(
+            lambda: {oid: self._source(oid, h.namespace) for oid, h in by_id.items()}
+        )
         for oid, source in sources.items():
             source.subscribe(oid, sub)
         last: dict[str, Status] = {}
@@ -328,12 +239,13 @@ class KubernetesBackend:
             for oid, source in sources.items():
                 source.unsubscribe(oid, sub)
 
-    def _source(self, handle_id: str) -> hub._Source:
-        if handle_id.startswith(KFP_PREFIX):
+    def _source(self, handle_id: str, namespace: str | None = None) -> hub._Source:
+        if handle_id.startswith(KFP_PREFIX):  # multi-user KFP lists runs per namespace: one poller each
             return hub.shared(
-                ("kfp", self.kfp.identity), lambda: hub.KfpPoller(self.kfp, self.kfp_poll_interval)
+                ("kfp", self.kfp.identity, namespace or ""),
+                lambda: hub.KfpPoller(self.kfp, self.kfp_poll_interval, namespace),
             )
-        namespace, plural, _ = _split(handle_id)
+        namespace, plural, _ = split_id(handle_id)
         r = manifests.BY_PLURAL[plural]
         return hub.shared(
             ("cr", self.cluster.identity, namespace, plural),
@@ -347,103 +259,17 @@ class KubernetesBackend:
             return await asyncio.to_thread(self.status, handle)
         if handle.id.startswith(KFP_PREFIX):
             return states.kfp_status(payload, handle.url)
+        plural = split_id(handle.id)[1]
         if what == "deleted":
-            return states.deleted_status(payload, cancelled=handle.id in _DELETED_BY_US)
-        return states.status_of(_split(handle.id)[1], payload)
+            status = states.deleted_status(payload, cancelled=deleted_by_us(handle.id), plural=plural)
+        else:
+            status = states.status_of(plural, payload)
+        if status.terminal:
+            remember_end(handle.id, status)
+        return status
 
     # ------------------------------------------------------------------ requests
 
     def get_object(self, namespace: str, plural: str, name: str) -> dict[str, Any]:
         """The custom resource as the API server returns it; NotFound when it does not exist."""
-        r = manifests.BY_PLURAL[plural]
-        try:
-            return read_body(
-                call(
-                    self.cluster.custom().get_namespaced_custom_object,
-                    r.group,
-                    r.version,
-                    namespace,
-                    plural,
-                    name,
-                    _preload_content=False,
-                    _request_timeout=self.request_timeout,
-                )
-            )
-        except Exception as exc:
-            if http_status(exc) == 404:
-                raise NotFound(f"no {r.kind} {namespace}/{name}") from None
-            raise
-
-    def _list_objects(
-        self, namespace: str, resource: manifests.Resource, selector: str
-    ) -> list[dict[str, Any]]:
-        body = read_body(
-            call(
-                self.cluster.custom().list_namespaced_custom_object,
-                resource.group,
-                resource.version,
-                namespace,
-                resource.plural,
-                label_selector=selector,
-                _preload_content=False,
-                _request_timeout=self.request_timeout,
-            )
-        )
-        return list(body.get("items") or [])
-
-    def _get_run(self, run_id: str) -> dict[str, Any]:
-        try:
-            return self.kfp.request(self.kfp.runs().run_service_get_run, run_id)
-        except Exception as exc:
-            if http_status(exc) == 404:
-                raise NotFound(f"no KFP run {run_id}") from None
-            raise
-
-    def _cr_handle(self, resource: manifests.Resource, obj: dict[str, Any]) -> Handle:
-        metadata = obj["metadata"]
-        annotations = metadata.get("annotations") or {}
-        return Handle(
-            backend=self.name,
-            kind=resource.work,
-            id=f"{metadata['namespace']}/{resource.plural}/{metadata['name']}",
-            key=annotations.get(naming.KEY_ANNOTATION, ""),
-            attempt=int(annotations.get(naming.ATTEMPT_ANNOTATION, 1)),
-            name=metadata["name"],
-            namespace=metadata["namespace"],
-            resource=resource.kind,
-        )
-
-    def _run_handle(self, run: dict[str, Any], key: str) -> Handle:
-        display_name = run.get("display_name") or ""
-        return Handle(
-            backend=self.name,
-            kind=Kind.PIPELINE,
-            id=f"{KFP_PREFIX}{run['run_id']}",
-            key=key,
-            attempt=naming.attempt_of_display_name(display_name),
-            name=display_name,
-            namespace=self.kfp.options.namespace,
-            url=self.kfp.run_url(run["run_id"]),
-            resource="PipelineRun",
-        )
-
-
-def _split(handle_id: str) -> tuple[str, str, str]:
-    parts = handle_id.split("/")
-    if len(parts) != 3 or parts[1] not in manifests.BY_PLURAL:
-        raise NotFound(
-            f"{handle_id!r} is not a kubernetes backend id (<namespace>/<plural>/<name> or kfp/<run id>)"
-        )
-    return parts[0], parts[1], parts[2]
-
-
-def _invalid(exc: BaseException) -> SpecError:
-    """A 422/400 from the API server or a webhook, as the one-line field error the user can act on."""
-    try:
-        body = json.loads(getattr(exc, "body", None) or "{}")
-    except (TypeError, ValueError):
-        body = {}
-    causes = (body.get("details") or {}).get("causes") or [{}]
-    field = causes[0].get("field") or ""
-    message = causes[0].get("message") or body.get("message") or str(exc)
-    return SpecError(field, f"rejected by the cluster: {message}")
+        return self.resources.get_object(namespace, plural, name)

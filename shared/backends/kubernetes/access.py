@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shared.errors import SpecError
-from shared.retry import http_status, retrying
+from shared.errors import KubeflowTasksError, SpecError, TransientError
+from shared.retry import api_error, http_status, is_transient, retrying
 
 T = TypeVar("T")
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -28,12 +28,23 @@ KFP_SA_TOKEN = (
     "/var/run/secrets/kubeflow/pipelines/token"  # kfp's ServiceAccountTokenVolumeCredentials default
 )
 POOL_SIZE = 32  # connections kept per host: a scheduler submits from many threads at once
-ATTEMPTS = 8  # per request: at 20% random faults the chance that all fail is 0.2**8
 
 
-def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """One API request with the transient-error retry policy (connection errors, 429, 5xx)."""
-    return retrying(attempts=ATTEMPTS, max_wait=5.0)(fn, *args, **kwargs)
+def call(fn: Callable[..., T], *args: Any, retry: bool = True, **kwargs: Any) -> T:
+    """One API request, retried by `shared.retry` (the only layer: urllib3's own retries are off).
+
+    An API's refusal leaves as a one-line `ApiError` (status and body kept for the caller)."""
+    what = getattr(fn, "__name__", "request").removesuffix("_with_http_info")
+    try:
+        return retrying()(fn, *args, **kwargs) if retry else fn(*args, **kwargs)
+    except Exception as exc:
+        converted = api_error(exc, what)
+        if converted is not exc:
+            raise converted from None
+        if is_transient(exc) and not isinstance(exc, KubeflowTasksError):  # the server is out of reach
+            text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise TransientError(f"{what}: cannot reach the server: {text}") from None
+        raise
 
 
 def read_body(response: Any) -> Any:
@@ -117,6 +128,7 @@ class Cluster:
                 chosen = next((c for c in contexts if c["name"] == self.options.context), active)
                 namespace = ((chosen or {}).get("context") or {}).get("namespace")
         cfg.connection_pool_maxsize = POOL_SIZE
+        cfg.retries = False  # one retry layer: ours (urllib3 would retry connection errors 3 times more)
         return cfg, self.options.namespace or namespace or "default"
 
     def api_client(self) -> Any:
@@ -160,11 +172,20 @@ class Cluster:
 
 @dataclass(frozen=True)
 class KfpOptions:
+    """How to reach KFP, as `kfp.Client` offers it. `token` and `cookies` are secrets (never printed)."""
+
     host: str | None = None
     token: str | None = None
     token_file: str | None = None
     ui_url: str | None = None
     namespace: str | None = None  # multi-user KFP: the profile namespace of runs and experiments
+    cookies: str | None = None  # the platform's auth cookie string, e.g. "authservice_session=..."
+    ssl_ca_cert: str | None = None
+    proxy: str | None = None
+    verify_ssl: bool = True
+
+    def __repr__(self) -> str:
+        return f"KfpOptions(host={self.host!r}, namespace={self.namespace!r})"
 
 
 class Kfp:
@@ -175,6 +196,7 @@ class Kfp:
         self.request_timeout = request_timeout
         self._lock = threading.Lock()
         self._client: Any = None
+        self._multi_user: bool | None = None
 
     @property
     def host(self) -> str:
@@ -218,11 +240,39 @@ class Kfp:
             if self._client is None:
                 import kfp_server_api
 
+                if self.options.ssl_ca_cert and not Path(self.options.ssl_ca_cert).is_file():
+                    raise SpecError("kfp_ssl_ca_cert", f"file {self.options.ssl_ca_cert!r} not found")
                 cfg = kfp_server_api.Configuration(host=self.host)
                 cfg.connection_pool_maxsize = POOL_SIZE
+                cfg.retries = False  # one retry layer: ours
+                cfg.verify_ssl = self.options.verify_ssl
+                cfg.ssl_ca_cert = self.options.ssl_ca_cert
+                cfg.proxy = self.options.proxy
                 self._set_token(cfg)
-                self._client = kfp_server_api.ApiClient(cfg)
+                self._client = kfp_server_api.ApiClient(cfg, cookie=self.options.cookies)
             return self._client
+
+    def multi_user(self) -> bool:
+        """Whether the server runs in multi-user mode (`GET /apis/v2beta1/healthz`), asked once per client."""
+        if self._multi_user is None:
+            import kfp_server_api
+
+            body = self.request(
+                kfp_server_api.HealthzServiceApi(self.api_client()).healthz_service_get_healthz
+            )
+            self._multi_user = bool((body or {}).get("multi_user"))
+        return self._multi_user
+
+    def namespace_for(self, namespace: str | None) -> str | None:
+        """The namespace runs go to; multi-user KFP refuses work without one, so that is bad input."""
+        namespace = namespace or self.options.namespace
+        if not namespace and self.multi_user():
+            raise SpecError(
+                "namespace",
+                f"KFP at {self.host} runs in multi-user mode: runs belong to a profile namespace; "
+                "pass --namespace or --kfp-namespace (the connection's namespace / kfp_namespace)",
+            )
+        return namespace
 
     @property
     def identity(self) -> str:
@@ -247,12 +297,11 @@ class Kfp:
         """
         kwargs.setdefault("_request_timeout", self.request_timeout)
         kwargs["_preload_content"] = False
-        send = call if retry else (lambda fn, *a, **kw: fn(*a, **kw))
         try:
-            return read_body(send(method, *args, **kwargs))
+            return read_body(call(method, *args, retry=retry, **kwargs))
         except Exception as exc:
             if http_status(exc) != 401 or self.options.token or self._token_file() is None:
                 raise
         with self._lock:
             self._set_token(self._client.configuration)
-        return read_body(send(method, *args, **kwargs))
+        return read_body(call(method, *args, retry=retry, **kwargs))

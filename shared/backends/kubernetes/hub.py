@@ -10,7 +10,8 @@ asyncio queue with `loop.call_soon_threadsafe`.
   subscribers about objects that vanished in between). It stops after `LINGER` seconds without
   subscribers, so an idle process holds no connection.
 - `KfpPoller`: KFP has no watch API, so one thread asks for every subscribed run in one
-  `list_runs` request (`run_id IN [...]`, 100 per page) every `interval` seconds with jitter.
+  `list_runs` request (`run_id IN [...]`, 100 per page) every `interval` seconds with jitter; one
+  poller per namespace, as multi-user KFP lists runs only within a namespace.
 
 Events posted to subscribers are `(handle_id, what, payload)`: `what` is "object" (the current
 object), "deleted" (the last object seen), "missing" (not in the list: the waiter asks for it
@@ -283,10 +284,11 @@ class KfpPoller(_Source):
     PAGE = 100
     PARALLEL = 4
 
-    def __init__(self, kfp: Any, interval: float):
-        super().__init__(f"poll {kfp.host}")
+    def __init__(self, kfp: Any, interval: float, namespace: str | None = None):
+        super().__init__(f"poll {kfp.host}" + (f" namespace {namespace}" if namespace else ""))
         self.kfp = kfp
         self.interval = interval
+        self.namespace = namespace
         self.last: dict[str, dict[str, Any]] = {}
 
     def _on_subscribe(self, object_id: str, sub: Subscriber) -> None:
@@ -333,6 +335,7 @@ class KfpPoller(_Source):
             self.kfp.runs().run_service_list_runs,
             filter=json.dumps({"predicates": [predicate]}),
             page_size=len(chunk),
+            **({"namespace": self.namespace} if self.namespace else {}),
         )
         return body.get("runs") or []
 

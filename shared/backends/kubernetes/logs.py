@@ -46,7 +46,9 @@ def _leading_pod(backend: KubernetesBackend, handle: Handle) -> dict[str, Any] |
     return None
 
 
-def job_lines(backend: KubernetesBackend, handle: Handle, follow: bool) -> Iterator[str]:
+def job_lines(
+    backend: KubernetesBackend, handle: Handle, follow: bool, tail: int | None = None
+) -> Iterator[str]:
     from kubernetes.watch.watch import iter_resp_lines
 
     pod = _leading_pod(backend, handle)
@@ -65,6 +67,7 @@ def job_lines(backend: KubernetesBackend, handle: Handle, follow: bool) -> Itera
         handle.namespace,
         container=CONTAINER.get(handle.resource or "", None),
         follow=follow,
+        **({"tail_lines": tail} if tail is not None else {}),
         _preload_content=False,
         # a followed log may stay quiet for long, but not forever without the connection noticing
         _request_timeout=(backend.request_timeout, FOLLOW_READ_TIMEOUT)
@@ -79,6 +82,43 @@ def job_lines(backend: KubernetesBackend, handle: Handle, follow: bool) -> Itera
         ) from exc
     finally:
         response.release_conn()
+
+
+STUCK_REASONS = {
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+}
+
+
+def startup_problem(backend: KubernetesBackend, handle: Handle) -> str | None:
+    """Why a training job's pods do not run, as the kubelet and the scheduler say it: a container
+    waiting in ImagePullBackOff/CrashLoopBackOff/..., or PodScheduled=False (Unschedulable)."""
+    body = read_body(
+        call(
+            backend.cluster.core().list_namespaced_pod,
+            handle.namespace,
+            label_selector=f"{JOB_LABEL}={handle.name}",
+            _preload_content=False,
+            _request_timeout=backend.request_timeout,
+        )
+    )
+    for pod in sorted(body.get("items") or [], key=lambda p: p["metadata"]["name"]):
+        name, status = pod["metadata"]["name"], pod.get("status") or {}
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                return f"pod {name}: {waiting['reason']}: {waiting.get('message') or ''}".rstrip(": ")
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return f"pod {name}: {cond.get('reason') or 'Unschedulable'}: {cond.get('message') or ''}".rstrip(
+                    ": "
+                )
+    return None
 
 
 def _trials(backend: KubernetesBackend, handle: Handle) -> list[dict[str, Any]]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +72,8 @@ def build(
     annotations[naming.KEY_ANNOTATION] = key
     annotations[naming.ATTEMPT_ANNOTATION] = str(attempt)
     annotations[naming.SPEC_NAME_ANNOTATION] = spec.name
+    if context.deadline is not None:
+        mirror_deadline(body, spec, context.deadline)
     if context.env:
         if isinstance(spec, TrainingJobSpec):
             for container in _job_containers(body, spec):
@@ -82,6 +86,30 @@ def build(
                 if primary is None or container.get("name") == primary:
                     _set_env(container, trial_env)
     return body
+
+
+def mirror_deadline(body: dict[str, Any], spec: TrainingJobSpec | ExperimentSpec, deadline: float) -> None:
+    """The task's deadline on the server too, so work orphaned by a dead client still ends.
+
+    Training jobs get `runPolicy.activeDeadlineSeconds`, Katib trials the deadline of their kind
+    (a Job's `spec.activeDeadlineSeconds`, a training job's `runPolicy`); never larger than the
+    user's own. The operator counts from the job's start, so it is the remaining time at submit."""
+    remaining = max(1, math.ceil(deadline - time.time()))
+    if isinstance(spec, TrainingJobSpec):
+        _cap(body["spec"].setdefault("runPolicy", {}), remaining)
+        return
+    trial = body["spec"].get("trialTemplate", {}).get("trialSpec")
+    if not isinstance(trial, dict) or not isinstance(trial.get("spec"), dict):
+        return  # a configMap template: nothing of ours to set
+    if trial.get("kind") == "Job" and str(trial.get("apiVersion", "")).startswith("batch/"):
+        _cap(trial["spec"], remaining)
+    elif trial.get("kind") in RESOURCES and trial.get("kind") != "Experiment":
+        _cap(trial["spec"].setdefault("runPolicy", {}), remaining)
+
+
+def _cap(holder: dict[str, Any], seconds: int) -> None:
+    own = holder.get("activeDeadlineSeconds")
+    holder["activeDeadlineSeconds"] = min(int(own), seconds) if isinstance(own, int) and own > 0 else seconds
 
 
 def trial_handoff_env(context: SubmitContext) -> dict[str, str]:

@@ -12,13 +12,11 @@ import copy
 import json
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from shared.backends.kubernetes.access import ATTEMPTS, Kfp
-from shared.errors import TransientError
-from shared.retry import http_status, is_transient, retry_after
+from shared.backends.kubernetes.access import Kfp
+from shared.retry import http_status, retrying
 from shared.specs.model import PipelineRunSpec
 
 DESCRIPTION_PREFIX = "kubeflow-tasks key: "
@@ -40,24 +38,21 @@ def key_of(run: Mapping[str, Any]) -> str | None:
 
 
 def create_once_then_find(create: Callable[[], Any], find: Callable[[], Any]) -> Any:
-    """`find()`, else `create()` once; after a transient failure, look again before trying again."""
-    for attempt in range(1, ATTEMPTS + 1):
+    """`find()`, else `create()` once; after a transient failure of the create (or a 409: a
+    concurrent create), look again before creating again. The waits and the giving up are
+    `shared.retry`'s; `find` retries its own requests, so its failures end this at once."""
+    for attempt in retrying(also=lambda exc: http_status(exc) == 409):
         found = find()
         if found is not None:
             return found
-        try:
+        with attempt:
             return create()
-        except Exception as exc:
-            if http_status(exc) == 409 or (is_transient(exc) and attempt < ATTEMPTS):
-                time.sleep(max(retry_after(exc) or 0.0, min(5.0, 0.2 * 2**attempt)))
-                continue
-            raise
-    raise TransientError("gave up creating after repeated transient failures")
+    raise AssertionError("unreachable: retrying re-raises the last error")
 
 
 def pipeline_docs(spec: PipelineRunSpec) -> list[dict[str, Any]]:
     """The compiled pipeline (PipelineSpec, then an optional platform spec), compiled once per process."""
-    from shared.backends.local.kfp_exec import load_ir
+    from shared.specs.pipeline_ir import load_ir
 
     cache_key = (spec.pipeline, spec.base_dir)
     with _COMPILED_LOCK:
@@ -79,7 +74,7 @@ def run_body(
 
     Compiling and checking the parameters happens here, before anything is sent; the caller adds
     the experiment id, which may need a request."""
-    from shared.backends.local.kfp_exec import pipeline_arguments
+    from shared.specs.pipeline_ir import pipeline_arguments
 
     docs = pipeline_docs(spec)
     pipeline = docs[0]

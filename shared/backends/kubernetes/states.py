@@ -2,7 +2,9 @@
 
 The current condition of a CR is the newest condition with status True (by lastTransitionTime),
 never `conditions[-1]`, which is only the last one written and may be False. Terminal conditions
-are checked first. A Katib experiment that ends Succeeded without an optimal trial produced nothing
+are checked first. `Suspended=True` is PENDING, never terminal: Kueue (or any queueing controller)
+holds a job suspended until it admits it, and a waiter that stopped there would let a retry submit a
+second job that Kueue later admits too. A Katib experiment that ends Succeeded without an optimal trial produced nothing
 usable, so it is FAILED.
 """
 
@@ -20,7 +22,7 @@ JOB_STATES = {
     "Restarting": State.RUNNING,
     "Succeeded": State.SUCCEEDED,
     "Failed": State.FAILED,
-    "Suspended": State.CANCELLED,
+    "Suspended": State.PENDING,
 }
 EXPERIMENT_STATES = {
     "Created": State.PENDING,
@@ -40,7 +42,8 @@ KFP_STATES = {
     "FAILED": State.FAILED,
     "CANCELED": State.CANCELLED,
 }
-TERMINAL_CONDITIONS = ("Succeeded", "Failed", "Suspended")
+TERMINAL_CONDITIONS = ("Succeeded", "Failed")
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 def current_condition(conditions: Sequence[Mapping[str, Any]] | None) -> Mapping[str, Any] | None:
@@ -84,7 +87,16 @@ def job_status(obj: Mapping[str, Any]) -> Status:
         ],
         "reason": (cond or {}).get("reason", ""),
     }
-    return _while_deleting(obj, Status(state, raw or "Pending", _message(cond or {}), outputs))
+    message = suspended_message(obj, cond) if raw == "Suspended" else _message(cond or {})
+    return _while_deleting(obj, Status(state, raw or "Pending", message, outputs))
+
+
+def suspended_message(obj: Mapping[str, Any], cond: Mapping[str, Any] | None) -> str:
+    """Who holds the job: Kueue's queue (the job's queue-name label), else `runPolicy.suspend`."""
+    queue = ((obj.get("metadata") or {}).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+    by = f"Kueue (queue {queue})" if queue else "spec.runPolicy.suspend"
+    detail = _message(cond or {})
+    return f"queued/suspended by {by}" + (f": {detail}" if detail else "")
 
 
 def experiment_status(obj: Mapping[str, Any]) -> Status:
@@ -162,8 +174,18 @@ def kfp_status(run: Mapping[str, Any], url: str | None) -> Status:
     return Status(state, raw, message, outputs)
 
 
-def deleted_status(obj: Mapping[str, Any] | None, cancelled: bool) -> Status:
-    """The object is gone: ours to cancel means CANCELLED, anyone else's delete is a failure."""
+def deleted_status(obj: Mapping[str, Any] | None, cancelled: bool, plural: str = "") -> Status:
+    """The object is gone: if it had ended (`ttlSecondsAfterFinished` removes finished jobs), that end
+    stands; ours to cancel means CANCELLED; anyone else's delete of running work is a failure."""
+    if obj is not None and plural:
+        last = status_of(plural, obj)
+        if last.terminal:
+            return Status(
+                last.state,
+                last.raw_state,
+                f"{last.message} (the object was removed since)".lstrip(),
+                last.outputs,
+            )
     if cancelled or (obj is not None and cancelled_by_us(obj)):
         return Status(State.CANCELLED, "Deleted", "cancelled: the object was deleted")
     return Status(State.FAILED, "Deleted", "deleted externally: the object no longer exists")

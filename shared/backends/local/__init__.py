@@ -91,7 +91,7 @@ class LocalBackend:
         (run.path / "supervisor.pid").write_text(str(proc.pid))
         self._children[proc.pid] = proc  # reaped in _supervisor_alive, so no zombie lingers
 
-    def find(self, key: str, kind: Kind | None = None) -> Handle | None:
+    def find(self, key: str, kind: Kind | None = None, namespace: str | None = None) -> Handle | None:
         attempts = self.store.attempts(key)
         return self.store.run(attempts[-1]).handle() if attempts else None
 
@@ -126,7 +126,12 @@ class LocalBackend:
         if status.terminal:
             return status
         _kill_children(run)
-        lost = Status(State.FAILED, raw_state="Lost", message="the local supervisor process died", outputs=status.outputs)
+        lost = Status(
+            State.FAILED,
+            raw_state="Lost",
+            message="the local supervisor process died",
+            outputs=status.outputs,
+        )
         run.write_status(lost)
         return lost
 
@@ -155,7 +160,9 @@ class LocalBackend:
         _kill_children(run, grace=0.5)
         status = run.status()
         if not status.terminal:
-            status = Status(State.CANCELLED, raw_state="Cancelled", message="cancelled", outputs=status.outputs)
+            status = Status(
+                State.CANCELLED, raw_state="Cancelled", message="cancelled", outputs=status.outputs
+            )
             run.write_status(status)
         return status
 

@@ -16,7 +16,8 @@ follow the operator's rules. The deviations, all forced by running on one machin
   every restart (ExitCode retries too) counts against runPolicy.backoffLimit, and the job fails once
   a failure would need more than backoffLimit restarts.
 - When the job is decided, the remaining replicas are killed (cleanPodPolicy is not needed locally).
-- A suspended job (runPolicy.suspend) is not run: run() returns FAILED saying so.
+- A suspended job (runPolicy.suspend) is not run: it stays PENDING "Suspended" (never terminal, as
+  on a cluster where Kueue or a person resumes it) until it is cancelled or its deadline passes.
 """
 
 from __future__ import annotations
@@ -212,11 +213,18 @@ class TrainingRunner:
     # -- protocol
 
     def run(self) -> Status:
+        if self.spec.run_policy.suspend:
+            self._report(
+                State.PENDING,
+                "Suspended",
+                f"queued/suspended by runPolicy.suspend: {self._ref} waits to be resumed",
+                f"{self.spec.resource}Suspended",
+            )
+            self._stopping.wait()
+            return self._cancelled()
         problem = self._unrunnable()
         if problem:
-            return Status(
-                State.FAILED, "Failed" if not self.spec.run_policy.suspend else "Suspended", problem
-            )
+            return Status(State.FAILED, "Failed", problem)
         self._report(State.PENDING, "Created", f"{self._ref} is created.")
         try:
             with self._lock:
@@ -251,11 +259,6 @@ class TrainingRunner:
         return f"{self.spec.resource} {ns}{self.spec.name}"
 
     def _unrunnable(self) -> str | None:
-        if self.spec.run_policy.suspend:
-            return (
-                f"{self._ref} has runPolicy.suspend: true; a suspended job is not run locally "
-                "(set suspend to false to run it)"
-            )
         for replica in self.spec.replicas:
             if not replica.container.command and not replica.container.args:
                 return (

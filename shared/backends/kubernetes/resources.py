@@ -1,0 +1,277 @@
+"""Custom resources (PyTorchJob, TFJob, Katib Experiment) through the `kubernetes` client.
+
+Ids are `<namespace>/<plural>/<name>`. A CR carries the label `kubeflow-tasks.dev/key-hash` and
+the annotations `kubeflow-tasks.dev/key` and `kubeflow-tasks.dev/attempt`; its name is
+deterministic in (spec name, key, attempt), so a retried create meets its own earlier success as
+409 AlreadyExists. A 404 we caused (our delete, marked by an annotation first) is CANCELLED, any
+other is FAILED "deleted externally".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from shared.backends.base import SubmitContext
+from shared.backends.kubernetes import manifests, naming, states
+from shared.backends.kubernetes.access import Cluster, call, read_body
+from shared.errors import BackendError, NotFound, SpecError
+from shared.retry import http_status
+from shared.specs.model import ExperimentSpec, TrainingJobSpec
+from shared.status import Handle, Kind, State, Status
+
+BACKEND_NAME = "kubernetes"
+_DELETED_BY_US: set[str] = set()  # handle ids this process deleted: their 404 means CANCELLED
+
+
+def split_id(handle_id: str) -> tuple[str, str, str]:
+    parts = handle_id.split("/")
+    if len(parts) != 3 or parts[1] not in manifests.BY_PLURAL:
+        raise NotFound(
+            f"{handle_id!r} is not a kubernetes backend id (<namespace>/<plural>/<name> or kfp/<run id>)"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def deleted_by_us(handle_id: str) -> bool:
+    return handle_id in _DELETED_BY_US
+
+
+_ENDED: dict[str, Status] = {}  # the terminal status this process saw per handle id (newest last)
+ENDED_KEPT = 10_000
+
+
+def remember_end(handle_id: str, status: Status) -> None:
+    """A job removed after it ended (ttlSecondsAfterFinished) keeps its end for this process."""
+    _ENDED.pop(handle_id, None)
+    _ENDED[handle_id] = status
+    while len(_ENDED) > ENDED_KEPT:
+        _ENDED.pop(next(iter(_ENDED)))
+
+
+class CustomResources:
+    """Create, find, read and delete our custom resources in one cluster."""
+
+    def __init__(self, cluster: Cluster, request_timeout: float, cancel_timeout: float):
+        self.cluster = cluster
+        self.request_timeout = request_timeout
+        self.cancel_timeout = cancel_timeout
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(
+        self,
+        spec: TrainingJobSpec | ExperimentSpec,
+        key: str,
+        attempt: int,
+        namespace: str,
+        context: SubmitContext,
+    ) -> Handle:
+        resource = manifests.resource_of(spec)
+        body = manifests.build(spec, key, attempt, namespace, context)
+        return self.handle(resource, self._create_or_adopt(resource, namespace, body, key, dry_run=False))
+
+    def dry_run(
+        self,
+        spec: TrainingJobSpec | ExperimentSpec,
+        key: str,
+        attempt: int,
+        namespace: str,
+        context: SubmitContext,
+    ) -> None:
+        """Let the API server judge the object (`dryRun=All`: schema, defaults, every webhook) without
+        creating it; a refusal is the one-line field error, an existing object of ours is fine."""
+        resource = manifests.resource_of(spec)
+        body = manifests.build(spec, key, attempt, namespace, context)
+        self._create_or_adopt(resource, namespace, body, key, dry_run=True)
+
+    def _create_or_adopt(
+        self, resource: manifests.Resource, namespace: str, body: dict[str, Any], key: str, dry_run: bool
+    ) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        try:
+            return read_body(
+                call(
+                    self.cluster.custom().create_namespaced_custom_object,
+                    resource.group,
+                    resource.version,
+                    namespace,
+                    resource.plural,
+                    body,
+                    _preload_content=False,
+                    _request_timeout=self.request_timeout,
+                    **({"dry_run": "All"} if dry_run else {}),
+                )
+            )
+        except Exception as exc:
+            status = http_status(exc)
+            if status == 409:  # another process (or our own lost answer) created it: adopt if it is ours
+                obj = self.get_object(namespace, resource.plural, name)
+                found = (obj.get("metadata", {}).get("annotations") or {}).get(naming.KEY_ANNOTATION)
+                if found != key:
+                    raise BackendError(
+                        f"{resource.kind} {namespace}/{name} exists with another key"
+                    ) from None
+                return obj
+            if status in (400, 422) or (status == 403 and _webhook_denial(exc)):
+                raise invalid(exc) from None
+            raise
+
+    # ------------------------------------------------------------------ find and get
+
+    def find(self, key: str, kind: Kind | None, namespaces: Sequence[str]) -> Handle | None:
+        """The newest attempt under `key` in any of `namespaces`."""
+        found: list[Handle] = []
+        resources = manifests.FOR_KIND.get(kind, ()) if kind else tuple(manifests.RESOURCES.values())
+        selector = f"{naming.KEY_HASH_LABEL}={naming.key_hash(key)}"
+        for namespace in namespaces:
+            for resource in resources:
+                for obj in self.list_objects(namespace, resource, selector):
+                    if (obj["metadata"].get("annotations") or {}).get(naming.KEY_ANNOTATION) == key:
+                        found.append(self.handle(resource, obj))
+        return max(found, key=lambda h: h.attempt) if found else None
+
+    def get(self, handle_id: str) -> Handle:
+        namespace, plural, name = split_id(handle_id)
+        return self.handle(manifests.BY_PLURAL[plural], self.get_object(namespace, plural, name))
+
+    def list(self, namespaces: Sequence[str]) -> list[Handle]:
+        handles = []
+        for namespace in namespaces:
+            for resource in manifests.RESOURCES.values():
+                objects = self.list_objects(namespace, resource, naming.KEY_HASH_LABEL)
+                handles += [self.handle(resource, obj) for obj in objects]
+        return handles
+
+    # ------------------------------------------------------------------ status and cancel
+
+    def status(self, handle: Handle) -> Status:
+        namespace, plural, name = split_id(handle.id)
+        try:
+            obj = self.get_object(namespace, plural, name)
+        except NotFound:
+            ended = _ENDED.get(handle.id)
+            return ended or states.deleted_status(None, cancelled=deleted_by_us(handle.id))
+        status = states.status_of(plural, obj)
+        if status.terminal:
+            remember_end(handle.id, status)
+        return status
+
+    def request_cancel(self, handle: Handle) -> Status:
+        """Mark the object cancelled and delete it (foreground); returns the status before the delete.
+
+        Quick and bounded: it does not wait for the object to go (see `cancel`)."""
+        status = self.status(handle)
+        if status.terminal:
+            return status
+        namespace, plural, name = split_id(handle.id)
+        resource = manifests.BY_PLURAL[plural]
+        api = self.cluster.custom()
+        _DELETED_BY_US.add(handle.id)
+        marker = {"metadata": {"annotations": {naming.CANCELLED_ANNOTATION: "true"}}}
+        args = (resource.group, resource.version, namespace, plural, name)
+        for method, extra in (
+            (api.patch_namespaced_custom_object, (marker,)),  # so other processes see CANCELLED too
+            (api.delete_namespaced_custom_object, ()),
+        ):
+            kwargs: dict[str, Any] = {"_request_timeout": self.request_timeout, "_preload_content": False}
+            if method == api.delete_namespaced_custom_object:
+                kwargs["propagation_policy"] = "Foreground"  # an Experiment's trials go with it
+            try:
+                call(method, *args, *extra, **kwargs)
+            except Exception as exc:
+                if http_status(exc) == 404:
+                    break
+                if method == api.delete_namespaced_custom_object or http_status(exc) is None:
+                    raise
+        return status
+
+    def cancel(self, handle: Handle) -> Status:
+        status = self.request_cancel(handle)
+        if status.terminal:
+            return status
+        deadline = time.monotonic() + self.cancel_timeout
+        delay = 0.05
+        while time.monotonic() < deadline:
+            status = self.status(handle)
+            if status.raw_state == "Deleted":
+                return status
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+        return Status(
+            State.RUNNING, "Terminating", f"deleted {self.cancel_timeout:g}s ago, but the object remains"
+        )
+
+    # ------------------------------------------------------------------ requests
+
+    def get_object(self, namespace: str, plural: str, name: str) -> dict[str, Any]:
+        """The custom resource as the API server returns it; NotFound when it does not exist."""
+        r = manifests.BY_PLURAL[plural]
+        try:
+            return read_body(
+                call(
+                    self.cluster.custom().get_namespaced_custom_object,
+                    r.group,
+                    r.version,
+                    namespace,
+                    plural,
+                    name,
+                    _preload_content=False,
+                    _request_timeout=self.request_timeout,
+                )
+            )
+        except Exception as exc:
+            if http_status(exc) == 404:
+                raise NotFound(f"no {r.kind} {namespace}/{name}") from None
+            raise
+
+    def list_objects(
+        self, namespace: str, resource: manifests.Resource, selector: str
+    ) -> list[dict[str, Any]]:
+        body = read_body(
+            call(
+                self.cluster.custom().list_namespaced_custom_object,
+                resource.group,
+                resource.version,
+                namespace,
+                resource.plural,
+                label_selector=selector,
+                _preload_content=False,
+                _request_timeout=self.request_timeout,
+            )
+        )
+        return list(body.get("items") or [])
+
+    @staticmethod
+    def handle(resource: manifests.Resource, obj: dict[str, Any]) -> Handle:
+        metadata = obj["metadata"]
+        annotations = metadata.get("annotations") or {}
+        return Handle(
+            backend=BACKEND_NAME,
+            kind=resource.work,
+            id=f"{metadata['namespace']}/{resource.plural}/{metadata['name']}",
+            key=annotations.get(naming.KEY_ANNOTATION, ""),
+            attempt=int(annotations.get(naming.ATTEMPT_ANNOTATION, 1)),
+            name=metadata["name"],
+            namespace=metadata["namespace"],
+            resource=resource.kind,
+        )
+
+
+def _webhook_denial(exc: BaseException) -> bool:
+    """controller-runtime webhooks deny with 403 too; RBAC's 403 is not bad input."""
+    return "admission webhook" in str(getattr(exc, "body", "") or "")
+
+
+def invalid(exc: BaseException) -> SpecError:
+    """A 422/400 from the API server or a webhook, as the one-line field error the user can act on."""
+    try:
+        body = json.loads(getattr(exc, "body", None) or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    causes = (body.get("details") or {}).get("causes") or [{}]
+    field = causes[0].get("field") or ""
+    message = causes[0].get("message") or body.get("message") or str(exc)
+    return SpecError(field, f"rejected by the cluster: {message}")
