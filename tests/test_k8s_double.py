@@ -393,7 +393,7 @@ def test_tfjob_lifecycle_worker_zero_decides(k8s_double, kube) -> None:
     with pytest.raises(ApiException) as bad:
         co.create_namespaced_custom_object(G, "v1", NS, "tfjobs", dict(tfjob("two-chiefs"), spec={"tfReplicaSpecs": {
             "Chief": tfjob("x")["spec"]["tfReplicaSpecs"]["PS"], "Master": tfjob("x")["spec"]["tfReplicaSpecs"]["PS"]}}))
-    assert bad.value.status == 422 and "more than 1 Chief or Master" in json.loads(bad.value.body)["message"]
+    assert bad.value.status == 403 and "more than 1 Chief or Master" in json.loads(bad.value.body)["message"]
     created = co.create_namespaced_custom_object(G, "v1", NS, "tfjobs", tfjob("tf"))
     kinds = []
     w = watch.Watch()
@@ -601,7 +601,7 @@ def test_dry_run_validates_defaults_and_stores_nothing(k8s_double, kube) -> None
     assert co.list_namespaced_custom_object(G, "v1", NS, "pytorchjobs")["items"] == []
     with pytest.raises(ApiException) as refused:  # the webhook judges a dry run like a real create
         co.create_namespaced_custom_object(G, "v1", NS, "pytorchjobs", pytorchjob("dry-b", master_replicas=2), dry_run="All")
-    assert refused.value.status == 422
+    assert refused.value.status == 403
     with pytest.raises(ApiException) as bad:
         co.create_namespaced_custom_object(G, "v1", NS, "pytorchjobs", pytorchjob("dry-c"), dry_run="Yes")
     assert bad.value.status == 400

@@ -9,6 +9,7 @@ container under OnFailure restarts in place, as a kubelet restarts it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from shared.backends.kubernetes import KubernetesBackend, naming
+from shared.errors import SpecError
 from shared.operations import submit_or_adopt, wait_for
 from shared.specs import load_spec
 from shared.status import State
@@ -243,3 +245,76 @@ def test_an_etcd_compaction_makes_resuming_watches_410_and_every_waiter_relists_
     assert [s.state for s in statuses] == [State.SUCCEEDED] * 10, statuses
     lists_after = sum(1 for m, p, _ in proxy.request_log if m == "GET" and "pytorchjobs" in p and "watch=" not in p)
     assert lists_after > lists_before  # they relisted
+
+
+# ---------------------------------------------------------------- the server judges before anything is made
+
+
+def test_a_manifest_the_real_server_refuses_but_we_pass_is_refused_with_its_field_and_nothing_is_made(
+    real, tmp_path
+):
+    """A cluster policy our own validation knows nothing about (a real ValidatingAdmissionPolicy: every
+    training job needs a team label) refuses the server-side dry run: one field error, no object. The
+    real webhook's refusals reach us the same way (its field is only in its message)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    api = real.api_client(tmp_path)
+    marker = unique("policy")
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": marker},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": ["kubeflow.org"], "apiVersions": ["v1"],
+                                                         "operations": ["CREATE"], "resources": ["pytorchjobs"]}]},
+                 "validations": [{"expression": "has(object.metadata.labels) && 'team' in object.metadata.labels",
+                                  "message": "every job needs a team label", "fieldPath": "metadata.labels.team",
+                                  "reason": "Invalid"}]},
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": marker},
+        "spec": {"policyName": marker, "validationActions": ["Deny"],
+                 "matchResources": {"objectSelector": {"matchLabels": {"kubeflow-tasks.test/policy": marker}}}},
+    }
+    admission = client.AdmissionregistrationV1Api(api)
+    admission.create_validating_admission_policy(policy)
+    admission.create_validating_admission_policy_binding(binding)
+    try:
+        doc = single_replica("PyTorchJob", unique("teamless"))
+        doc["metadata"].update(namespace=real.namespace, labels={"kubeflow-tasks.test/policy": marker})
+        spec = load_spec(doc)  # our validation passes it
+        custom = client.CustomObjectsApi(api)
+
+        def enforced() -> bool:  # the policy is live once the server's informers have it
+            try:
+                custom.create_namespaced_custom_object("kubeflow.org", "v1", real.namespace, "pytorchjobs", doc,
+                                                       dry_run="All")
+            except ApiException as exc:
+                return exc.status == 422
+            return False
+
+        wait_until(enforced, timeout=30, what="the admission policy is enforced", interval=0.2)
+        backend = real.backend(tmp_path)
+        key = unique("dry")
+        with pytest.raises(SpecError) as caught:
+            submit_or_adopt(backend, spec, key)
+        # The real server names no field for a policy's denial (its fieldPath is not in the causes):
+        # the one line carries the policy's own message.
+        assert "every job needs a team label" in str(caught.value) and marker in str(caught.value), caught.value
+        assert "\n" not in str(caught.value)
+        assert [o for o in real.objects("pytorchjobs", tmp_path)
+                if (o["metadata"].get("annotations") or {}).get(naming.KEY_ANNOTATION) == key] == []
+
+        # The training operator's own webhook: a rule our spec layer has too, sent as if it had not.
+        bad = single_replica("PyTorchJob", unique("twomasters"))
+        bad["metadata"]["namespace"] = real.namespace
+        good = load_spec(bad)
+        bad["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = 2
+        forged = dataclasses.replace(good, manifest=bad)
+        with pytest.raises(SpecError) as webhook:
+            submit_or_adopt(backend, forged, unique("dry"))
+        assert webhook.value.path == "spec.pytorchReplicaSpecs[Master].replicas", webhook.value
+    finally:
+        admission.delete_validating_admission_policy_binding(marker)
+        admission.delete_validating_admission_policy(marker)

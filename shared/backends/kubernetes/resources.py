@@ -266,12 +266,25 @@ def _webhook_denial(exc: BaseException) -> bool:
 
 
 def invalid(exc: BaseException) -> SpecError:
-    """A 422/400 from the API server or a webhook, as the one-line field error the user can act on."""
+    """A 422/400 from the API server or a webhook, as the one-line field error the user can act on.
+
+    Schema and policy errors name the field in `details.causes` (a scale subresource's as a JSONPath,
+    `.spec...`); a webhook's denial has no causes, only `admission webhook "..." denied the request:
+    FIELD: REASON` in its message (so the real training operator answers).
+    """
     try:
         body = json.loads(getattr(exc, "body", None) or "{}")
     except (TypeError, ValueError):
         body = {}
-    causes = (body.get("details") or {}).get("causes") or [{}]
-    field = causes[0].get("field") or ""
-    message = causes[0].get("message") or body.get("message") or str(exc)
-    return SpecError(field, f"rejected by the cluster: {message}")
+    causes = (body.get("details") or {}).get("causes") or []
+    if causes and causes[0].get("field"):
+        return SpecError(causes[0]["field"].lstrip("."),
+                         f"rejected by the cluster: {causes[0].get('message') or body.get('message')}")
+    message = body.get("message") or str(exc)
+    denial = message.split(" denied the request: ", 1)
+    if len(denial) == 2:
+        reason = denial[1].lstrip("[").rstrip("]")
+        field, sep, rest = reason.partition(": ")
+        if sep and " " not in field:
+            return SpecError(field, f"rejected by the cluster: {rest}")
+    return SpecError("", f"rejected by the cluster: {message}")
