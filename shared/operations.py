@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.backends.base import Backend, SubmitContext
-from shared.errors import DeadlineExceeded
+from shared.errors import DeadlineExceeded, KeyConflict
 from shared.retry import call_with_retries
 from shared.specs.model import Spec
 from shared.status import Handle, State, Status
@@ -58,13 +58,17 @@ def submit_or_adopt(
     from shared.mlflow_handoff import open_parent_run, resolve_tracking_uri, set_remote_tags
 
     labels = dict(labels or {})
-    candidates = (_remembered(backend, known_id, key), call_with_retries(backend.find, key, spec.kind))
+    # Any kind: work of another kind under this key must be refused, never adopted nor shadowed.
+    candidates = (_remembered(backend, known_id, key), call_with_retries(backend.find, key, None))
     existing = max((h for h in candidates if h is not None), key=lambda h: h.attempt, default=None)
     attempt = 1
     adopt = False
     if existing is not None:
+        _check_same_kind(existing, spec, key)
         status = call_with_retries(backend.status, existing)
         adopt = not status.terminal or status.state is State.SUCCEEDED
+        if adopt:
+            _check_same_spec(backend, existing, spec, key, status)
         attempt = existing.attempt if adopt else existing.attempt + 1
 
     uri = resolve_tracking_uri(mlflow_tracking_uri)
@@ -87,6 +91,38 @@ def submit_or_adopt(
     if parent is not None:
         set_remote_tags(parent, handle=handle.to_dict())
     return Submission(handle=handle, adopted=adopt, mlflow=parent.context() if parent else {})
+
+
+def _check_same_kind(existing: Handle, spec: Spec, key: str) -> None:
+    """A key holds one kind of work (and one resource): a task of another kind must not get its result."""
+    resource = getattr(spec, "resource", None)
+    if existing.kind is not spec.kind or (resource and existing.resource and existing.resource != resource):
+        held = existing.resource or existing.kind.value
+        wanted = resource or spec.kind.value
+        raise KeyConflict(
+            "--key",
+            f"key {key!r} is held by {held} {existing.id} (a {existing.kind.value}); "
+            f"this task is a {wanted}: use another key",
+        )
+
+
+def _check_same_spec(backend: Backend, existing: Handle, spec: Spec, key: str, status: Status) -> None:
+    """Adopt only the work this task would have submitted: the same spec and parameters.
+
+    A backend that cannot tell the fingerprint of its work (no `fingerprint` method, or work made
+    before fingerprints were stored) is trusted, as before.
+    """
+    from shared.fingerprint import fingerprint_of
+
+    lookup = getattr(backend, "fingerprint", None)
+    stored = call_with_retries(lookup, existing) if lookup is not None else None
+    if stored and stored != fingerprint_of(spec):
+        what = "succeeded" if status.state is State.SUCCEEDED else "is still running"
+        raise KeyConflict(
+            "--key",
+            f"key {key!r} is held by {existing.resource or existing.kind.value} {existing.id}, which {what} "
+            "with another spec or other parameters; use another key (or the same spec to adopt it)",
+        )
 
 
 def _remembered(backend: Backend, known_id: str | None, key: str) -> Handle | None:
