@@ -106,9 +106,17 @@ def resolve_tracking_uri(explicit: str | None) -> str | None:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
+def resolve_experiment_name(explicit: str | None) -> str:
+    """The explicit name, else $MLFLOW_EXPERIMENT_NAME (MLflow's own variable), else `kubeflow-tasks`."""
+    return explicit or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
 @dataclass(frozen=True)
 class ParentRun:
-    """The task's run, as handed to the work and passed between processes."""
+    """The task's run, as handed to the work and passed between processes.
+
+    `tracking_uri` never holds credentials (see shared.secrets): they travel as `secret_env()`.
+    """
 
     tracking_uri: str
     run_id: str
@@ -121,6 +129,12 @@ class ParentRun:
             "MLFLOW_RUN_ID": self.run_id,
             "MLFLOW_EXPERIMENT_ID": self.experiment_id,
         }
+
+    def secret_env(self) -> dict[str, str]:
+        """MLflow's credential variables for the work; never written to a file or an object."""
+        from shared.secrets import credentials_for
+
+        return credentials_for(self.tracking_uri)
 
     def context(self) -> dict[str, str]:
         return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "experiment_id": self.experiment_id}
@@ -144,15 +158,10 @@ def _display_uri(tracking_uri: str) -> str:
 
 def _redact(text: str, tracking_uri: str) -> str:
     """`text` without the tracking token, password or the URI's credentials."""
-    secrets = [os.environ.get("MLFLOW_TRACKING_TOKEN"), os.environ.get("MLFLOW_TRACKING_PASSWORD")]
-    try:
-        secrets.append(urlsplit(tracking_uri).password)
-    except ValueError:
-        pass
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    from shared.secrets import redact, split_uri
+
+    split_uri(tracking_uri)  # remembers its password, if any
+    return redact(text)
 
 
 def _clean(value: Any, tracking_uri: str) -> str:
@@ -162,7 +171,9 @@ def _clean(value: Any, tracking_uri: str) -> str:
 def _client(tracking_uri: str) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    from shared.secrets import full_uri
+
+    return MlflowClient(tracking_uri=full_uri(tracking_uri))
 
 
 def _attempt(tracking_uri: str, what: str, call: Callable[[], T]) -> T | None:
@@ -207,7 +218,7 @@ def open_parent_run(
     key: str,
     run_name: str,
     attempt: int | None = None,
-    experiment_name: str = DEFAULT_EXPERIMENT,
+    experiment_name: str | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> ParentRun:
     """Get or create the task's run in `experiment_name`; raises if MLflow cannot be reached.
@@ -218,8 +229,13 @@ def open_parent_run(
     adopted: the work's own `with mlflow.start_run()` may already have marked it FINISHED while the
     remote work goes on. Otherwise a new run is created, linked to the key's newest run by
     `kubeflow_tasks.previous_run_id`. `tags` say where the run came from (scheduler, task) and must
-    hold no secret; known secrets are redacted anyway.
+    hold no secret; known secrets are redacted anyway. `experiment_name` defaults as
+    `resolve_experiment_name` says. The returned run's URI holds no credentials.
     """
+    from shared.secrets import split_uri
+
+    clean_uri, _ = split_uri(tracking_uri)  # remembered: our own client still uses the full URI
+    experiment_name = resolve_experiment_name(experiment_name)
     try:
         with _client_defaults():
             client = _client(tracking_uri)
@@ -236,7 +252,7 @@ def open_parent_run(
             else:
                 adopted = next((run for run in runs if run.data.tags.get(ATTEMPT_TAG) == str(attempt)), None)
             if adopted is not None:
-                return ParentRun(tracking_uri, adopted.info.run_id, experiment_id)
+                return ParentRun(clean_uri, adopted.info.run_id, experiment_id)
             run_tags = {**(tags or {}), KEY_TAG: key, KEY_HASH_TAG: key_digest(key), RUN_NAME_TAG: run_name}
             if attempt is not None:
                 run_tags[ATTEMPT_TAG] = str(attempt)
@@ -247,7 +263,7 @@ def open_parent_run(
                 run_name=run_name,
                 tags={name: _clean(value, tracking_uri) for name, value in run_tags.items()},
             )
-            return ParentRun(tracking_uri, run.info.run_id, experiment_id)
+            return ParentRun(clean_uri, run.info.run_id, experiment_id)
     except Exception as exc:
         error = TransientError if is_transient(exc) else BackendError
         detail = _redact(" ".join(str(exc).split()), tracking_uri)

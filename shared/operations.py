@@ -44,6 +44,8 @@ def submit_or_adopt(
     env: Mapping[str, str] | None = None,
     upstream_mlflow_run_id: str | None = None,
     known_id: str | None = None,
+    mlflow_experiment: str | None = None,
+    credentials_secret: str | None = None,
 ) -> Submission:
     """Adopt what runs or succeeded under `key`; otherwise submit a new attempt.
 
@@ -53,9 +55,20 @@ def submit_or_adopt(
 
     The MLflow run is opened (or adopted, by key and attempt) before anything is submitted, so the
     work gets the hand-off variables from its first line on. `upstream_mlflow_run_id` (the previous
-    task's run) is recorded on it, so a workflow's runs form one lineage.
+    task's run) is recorded on it, so a workflow's runs form one lineage. `mlflow_experiment`
+    defaults to $MLFLOW_EXPERIMENT_NAME, then `kubeflow-tasks`. If the submission is refused or
+    fails before any work started, the run is ended FAILED with the reason and the error raised.
+
+    The key holds one kind of work and one spec: other work under it (another kind, or another
+    spec still running or succeeded) raises `KeyConflict` before anything is opened or submitted.
     """
-    from shared.mlflow_handoff import open_parent_run, resolve_tracking_uri, set_remote_tags
+    from shared.fingerprint import fingerprint_of
+    from shared.mlflow_handoff import (
+        finish_parent_run,
+        open_parent_run,
+        resolve_tracking_uri,
+        set_remote_tags,
+    )
 
     labels = dict(labels or {})
     # Any kind: work of another kind under this key must be refused, never adopted nor shadowed.
@@ -77,7 +90,9 @@ def submit_or_adopt(
         tags = dict(labels)
         if upstream_mlflow_run_id:
             tags["kubeflow_tasks.upstream_run_id"] = upstream_mlflow_run_id
-        parent = open_parent_run(uri, key=key, attempt=attempt, run_name=spec.name, tags=tags)
+        parent = open_parent_run(
+            uri, key=key, attempt=attempt, run_name=spec.name, tags=tags, experiment_name=mlflow_experiment
+        )
 
     if adopt:
         handle = existing
@@ -86,8 +101,16 @@ def submit_or_adopt(
             env={**(env or {}), **(parent.env() if parent else {})},
             mlflow=parent.context() if parent else {},
             labels=labels,
+            secret_env=parent.secret_env() if parent else {},
+            credentials_secret=credentials_secret,
+            fingerprint=fingerprint_of(spec),
         )
-        handle = call_with_retries(backend.submit, spec, key, attempt, context)
+        try:
+            handle = call_with_retries(backend.submit, spec, key, attempt, context)
+        except Exception as exc:
+            if parent is not None:  # nothing runs: the run must not stay RUNNING for ever
+                finish_parent_run(parent, state=State.FAILED, message=f"submission failed: {exc}")
+            raise
     if parent is not None:
         set_remote_tags(parent, handle=handle.to_dict())
     return Submission(handle=handle, adopted=adopt, mlflow=parent.context() if parent else {})
@@ -233,6 +256,8 @@ async def run_async(
     on_status: Callable[[Status], None] | None = None,
     on_log: Callable[[str], None] | None = None,
     known_id: str | None = None,
+    mlflow_experiment: str | None = None,
+    credentials_secret: str | None = None,
 ) -> Outcome:
     """Submit or adopt, follow the logs, wait with the deadline, end the MLflow run: one task's life."""
     deadline = None if timeout is None else time.time() + timeout
@@ -245,6 +270,8 @@ async def run_async(
         labels=labels,
         upstream_mlflow_run_id=upstream_mlflow_run_id,
         known_id=known_id,
+        mlflow_experiment=mlflow_experiment,
+        credentials_secret=credentials_secret,
     )
     if on_submitted is not None:
         on_submitted(submission)

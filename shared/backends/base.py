@@ -22,11 +22,18 @@ class SubmitContext:
     `env` reaches every process of the work (MLflow hand-off variables among them);
     `mlflow` carries the parent run for backends that create nested runs themselves (Katib trials);
     `labels` are the scheduler's identity of the task, stored on the remote object for people.
+    `secret_env` (MLflow credentials) reaches the work too but is never written anywhere: the local
+    backend hands it to the supervisor's environment only, Kubernetes refers to the Secret named by
+    `credentials_secret` instead of inlining it. `fingerprint` is stored with the work (see
+    shared.fingerprint).
     """
 
     env: Mapping[str, str] = field(default_factory=dict)
     mlflow: Mapping[str, str] = field(default_factory=dict)  # tracking_uri, run_id, experiment_id
     labels: Mapping[str, str] = field(default_factory=dict)
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    credentials_secret: str | None = None
+    fingerprint: str | None = None
 
 
 @runtime_checkable

@@ -7,13 +7,10 @@ the Kubernetes API server names fields (`key` gives the webhooks' spelling of ma
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-import yaml
 
 from shared.errors import SpecError
 
@@ -217,24 +214,10 @@ def metadata(manifest: Mapping[str, Any]) -> tuple[str, str | None]:
 
 
 def load_document(path: str) -> dict[str, Any]:
-    """One YAML or JSON mapping from a file, with parse errors reduced to one line."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise SpecError(path, f"cannot read the spec file: {exc.strerror or exc}") from None
-    try:
-        if path.endswith(".json"):
-            docs = [json.loads(text)]
-        else:
-            docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except (yaml.YAMLError, ValueError) as exc:
-        raise SpecError(path, f"not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}") from None
-    if len(docs) != 1:
-        raise SpecError(path, f"must hold exactly one document, found {len(docs)}")
-    if not isinstance(docs[0], Mapping):
-        raise SpecError(path, f"must hold a mapping, got {type_name(docs[0])}")
-    return dict(docs[0])
+    """One YAML or JSON mapping from a file, bounded and strict (see shared.specs.documents)."""
+    from shared.specs.documents import load_document as load
+
+    return load(path)
 
 
 def substitute_params(manifest: Mapping[str, Any], params: Mapping[str, str] | None) -> dict[str, Any]:

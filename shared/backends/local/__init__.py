@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from shared.backends.base import SubmitContext
@@ -21,6 +21,7 @@ from shared.backends.local.store import RunDir, Store, open_inside
 from shared.errors import NotFound
 from shared.fingerprint import fingerprint_of
 from shared.keys import object_name
+from shared.secrets import clean_env
 from shared.specs.model import Spec
 from shared.status import Handle, Kind, State, Status
 
@@ -75,14 +76,15 @@ class LocalBackend:
                 url=run.path.as_uri(),
                 resource=_resource(spec),
             )
-            run.create(spec, context, fingerprint_of(spec))
-            self._start_supervisor(run, spec)
+            run.create(spec, context, context.fingerprint or fingerprint_of(spec))
+            self._start_supervisor(run, spec, context.secret_env)
             run.publish(handle)  # visible only now that the supervisor's identity is on record
             self.store.record_attempt(key, run.id)
             return handle
 
-    def _start_supervisor(self, run: RunDir, spec: Spec) -> None:
-        extra = {procs.RUN_MARKER: str(run.path)}
+    def _start_supervisor(self, run: RunDir, spec: Spec, secret_env: Mapping[str, str]) -> None:
+        """Start the detached supervisor; MLflow credentials reach it (and the work) by environment only."""
+        extra = {**secret_env, procs.RUN_MARKER: str(run.path)}
         if spec.kind is Kind.PIPELINE:
             # `module:function` imports as it would from where the user typed the command.
             extra["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
@@ -94,7 +96,7 @@ class LocalBackend:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives our exit and our process group's signals
-                env=procs.child_env(extra),
+                env=clean_env(procs.child_env(extra)),
                 cwd=run.path,
             )
         # Not reaped yet, so this PID is our child's: its start time makes it an identity.

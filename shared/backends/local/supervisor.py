@@ -45,8 +45,10 @@ class LogWriter:
         self._lock = threading.Lock()
 
     def __call__(self, line: str) -> None:
+        from shared.secrets import redact
+
         with self._lock:
-            self._fh.write(line + "\n")
+            self._fh.write(redact(line) + "\n")
 
 
 def supervise(run: RunDir) -> Status:
