@@ -59,12 +59,12 @@ def full_uri(uri: str) -> str:
 
 
 def credentials_for(uri: str) -> dict[str, str]:
-    """The credential variables for a URI handed on: from the URI given here, else from our environment."""
-    found = split_uri(full_uri(uri))[1]
-    for name in CREDENTIAL_VARS:
-        if name not in found and os.environ.get(name):
-            found[name] = os.environ[name]
-    return found
+    """The credential variables of a URI given to this process with user and password (else none).
+
+    Credentials already in our environment (MLFLOW_TRACKING_TOKEN ...) are not repeated: local work
+    inherits them, and on Kubernetes they come from the Secret named by the user.
+    """
+    return split_uri(full_uri(uri))[1]
 
 
 def clean_env(env: dict[str, str]) -> dict[str, str]:

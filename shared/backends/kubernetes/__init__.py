@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from shared.backends.base import SubmitContext
-from shared.backends.kubernetes import hub, manifests, naming, pipelines, states
+from shared.backends.kubernetes import hub, ids, manifests, naming, pipelines, states
 from shared.backends.kubernetes.access import Cluster, ClusterOptions, Kfp, KfpOptions, call, read_body
 from shared.errors import BackendError, NotFound, SpecError
 from shared.retry import http_status
@@ -393,7 +393,7 @@ class KubernetesBackend:
 
     def _get_run(self, run_id: str) -> dict[str, Any]:
         try:
-            return self.kfp.request(self.kfp.runs().run_service_get_run, run_id)
+            return self.kfp.request(self.kfp.runs().run_service_get_run, ids.check_kfp_run_id(run_id))
         except Exception as exc:
             if http_status(exc) == 404:
                 raise NotFound(f"no KFP run {run_id}") from None
@@ -429,12 +429,7 @@ class KubernetesBackend:
 
 
 def _split(handle_id: str) -> tuple[str, str, str]:
-    parts = handle_id.split("/")
-    if len(parts) != 3 or parts[1] not in manifests.BY_PLURAL:
-        raise NotFound(
-            f"{handle_id!r} is not a kubernetes backend id (<namespace>/<plural>/<name> or kfp/<run id>)"
-        )
-    return parts[0], parts[1], parts[2]
+    return ids.split_cr_id(handle_id, manifests.BY_PLURAL)  # names checked before any URL is built
 
 
 def _invalid(exc: BaseException) -> SpecError:

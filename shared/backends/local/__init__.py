@@ -102,7 +102,9 @@ class LocalBackend:
         # Not reaped yet, so this PID is our child's: its start time makes it an identity.
         identity = procs.Identity.of(proc.pid) or procs.Identity(proc.pid, time.time())
         procs.write_identity(run.path / "supervisor.json", identity)
-        (run.path / "supervisor.pid").write_text(str(proc.pid))  # for people and scripts; never trusted
+        fd = os.open(run.path / "supervisor.pid", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:  # for people and scripts; never trusted to signal
+            fh.write(str(proc.pid))
         self._children[proc.pid] = proc  # reaped in _supervisor_alive, so no zombie lingers
 
     def find(self, key: str, kind: Kind | None = None) -> Handle | None:
