@@ -331,9 +331,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("error: interrupted")
         return EXIT_FAILED
-    except Exception as exc:  # a bug or an unexpected fault of a library: still one line, no traceback
+    except Exception as exc:
+        if _is_bad_endpoint(exc):  # wrong host, or credentials the server refuses: the user's to fix
+            say(f"error: {_endpoint_problem(exc)}")
+            return EXIT_USAGE  # a bug or an unexpected fault of a library: still one line, no traceback
         say(f"error: unexpected {type(exc).__name__}: {_one_line(exc)}")
         return EXIT_FAILED
+
+
+def _http_status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _is_bad_endpoint(exc: BaseException) -> bool:
+    """An endpoint that cannot be reached after our retries, or that refuses our credentials (401/403)."""
+    if _http_status(exc) in (401, 403):
+        return True
+    names = {type(e).__name__ for e in _chain(exc)}
+    return bool(names & {"MaxRetryError", "NewConnectionError", "ConnectionError", "ConnectionRefusedError",
+                         "NameResolutionError", "gaierror"})
+
+
+def _endpoint_problem(exc: BaseException) -> str:
+    status = _http_status(exc)
+    if status in (401, 403):
+        return f"the server refused our credentials (HTTP {status}): check the token, kubeconfig or connection"
+    return f"cannot reach the server: {_one_line(exc)}"
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def _one_line(exc: BaseException) -> str:

@@ -71,8 +71,9 @@ def submit_or_adopt(
     )
 
     labels = dict(labels or {})
-    # Any kind: work of another kind under this key must be refused, never adopted nor shadowed.
-    candidates = (_remembered(backend, known_id, key), call_with_retries(backend.find, key, None))
+    # A backend answers with the newest work under the key; the local one whatever its kind, so
+    # work of another kind is refused below, never adopted (Kubernetes looks up the kind's resources).
+    candidates = (_remembered(backend, known_id, key), call_with_retries(backend.find, key, spec.kind))
     existing = max((h for h in candidates if h is not None), key=lambda h: h.attempt, default=None)
     attempt = 1
     adopt = False

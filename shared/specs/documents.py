@@ -37,10 +37,11 @@ def read_text(path: str, what: str = "the spec file") -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not block
     except OSError as exc:
         raise SpecError(path, f"cannot read {what}: {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise SpecError(path, f"{what} must be a regular file, not a {_file_type(info.st_mode)}")
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise SpecError(path, f"{what} must be a regular file, not a {_file_type(info.st_mode)}")
         raw = fh.read(MAX_BYTES + 1)
     if len(raw) > MAX_BYTES:
         raise SpecError(path, f"{what} is larger than {MAX_BYTES // (1024 * 1024)} MiB")
