@@ -94,6 +94,7 @@ class KubeflowTask(_OfflineCodes, Shell):
         kfp_token_file: str | None = None,
         mlflow_tracking_uri: str | None = None,
         upstream_mlflow_run_id: str | None = None,
+        mlflow_experiment: str | None = None,
         cli: str = "kubeflow-tasks",
         timeout: int | timedelta | None = None,
         timeout_notify_strategy: str | None = None,
@@ -118,6 +119,7 @@ class KubeflowTask(_OfflineCodes, Shell):
             kfp_token_file=kfp_token_file,
             mlflow_tracking_uri=mlflow_tracking_uri,
             upstream_mlflow_run_id=upstream_mlflow_run_id,
+            mlflow_experiment=mlflow_experiment,
             cli=cli,
         )
         is_path = not isinstance(spec, Mapping)
