@@ -168,3 +168,22 @@ def test_rejected_credentials_exit_2_with_one_line(k8s_double, tmp_path: Path, s
     assert code == 2, err
     assert len(lines) == 1 and "401" in lines[0], err
     assert "Traceback" not in err and "wrong-token" not in err
+
+
+def test_an_unreachable_kfp_host_exits_2_with_one_line(k8s_double, tmp_path: Path, state_dir: Path, capsys):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    kubeconfig = k8s_double.write_kubeconfig(tmp_path / "kubeconfig")
+    pipeline = write(tmp_path, "run.yaml", yaml.safe_dump({
+        "apiVersion": "kubeflow-tasks/v1", "kind": "PipelineRun", "metadata": {"name": "p"},
+        "spec": {"pipeline": "dags.commodity.pipeline:commodity_pipeline"}}))
+    code = main(["run", "pipeline", "--spec", pipeline, "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
+                 "--kfp-host", f"http://127.0.0.1:{port}", "--key", "k"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert code == 2, err
+    assert len(lines) == 1 and "cannot reach" in lines[0], err
+    assert "Traceback" not in err
