@@ -283,3 +283,21 @@ def test_the_supervisor_reads_json_not_pickle(state_dir: Path, tmp_path: Path, c
     run = state_dir / "runs" / json.loads(capsys.readouterr().out)["id"]
     assert not list(run.glob("*.pickle"))
     assert json.loads((run / "spec.json").read_text())["kind"] == "training-job"
+
+
+def test_a_stepped_wall_clock_does_not_make_our_supervisor_a_stranger(state_dir: Path, tmp_path: Path, capsys):
+    """psutil's create_time moves with the wall clock (boot time = now - uptime); the start ticks do not."""
+    gate = tmp_path / "release"
+    code = f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.05)"
+    spec = quick_job(tmp_path, name="clock", code=code)
+    assert main(["run", "training-job", "--spec", str(spec), "--detach", "--output", "json"]) == 0
+    run = state_dir / "runs" / json.loads(capsys.readouterr().out)["id"]
+    try:
+        recorded = json.loads((run / "supervisor.json").read_text())
+        (run / "supervisor.json").write_text(json.dumps({**recorded, "create_time": recorded["create_time"] - 10}))
+        assert main(["status", run.name, "--output", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)["state"] in ("PENDING", "RUNNING")
+    finally:
+        gate.write_text("")
+    wait_until(lambda: main(["status", run.name, "--output", "json"]) == 0
+               and json.loads(capsys.readouterr().out)["state"] == "SUCCEEDED", what="the run to succeed")

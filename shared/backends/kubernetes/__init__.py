@@ -351,6 +351,14 @@ class KubernetesBackend:
             return states.deleted_status(payload, cancelled=handle.id in _DELETED_BY_US)
         return states.status_of(_split(handle.id)[1], payload)
 
+    def fingerprint(self, handle: Handle) -> str | None:
+        """The spec fingerprint annotated on a custom resource (KFP runs carry none: trusted)."""
+        if handle.id.startswith(KFP_PREFIX):
+            return None
+        namespace, plural, name = _split(handle.id)
+        annotations = self.get_object(namespace, plural, name)["metadata"].get("annotations") or {}
+        return annotations.get(manifests.FINGERPRINT_ANNOTATION)
+
     # ------------------------------------------------------------------ requests
 
     def get_object(self, namespace: str, plural: str, name: str) -> dict[str, Any]:

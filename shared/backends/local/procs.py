@@ -30,7 +30,7 @@ import psutil
 
 PYTHON_NAMES = {"python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}"}
 RUN_MARKER = "KUBEFLOW_TASKS_LOCAL_RUN"  # the run directory, in the environment of every process of a run
-_START_TOLERANCE = 0.05  # seconds; psutil's start times have clock-tick resolution
+_START_TOLERANCE = 0.05  # seconds; psutil's start times have clock-tick resolution (non-Linux fallback)
 _user_umask = -1  # the umask the work's processes get (-1: inherit ours); see private_umask
 
 
@@ -64,20 +64,30 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Identity:
-    """A process as we started it: its PID and start time (seconds since the epoch, from psutil)."""
+    """A process as we started it: its PID, its start in clock ticks since boot, and the boot.
+
+    Why ticks and the boot id rather than psutil's `create_time()` alone: `create_time()` is the
+    boot time (wall clock minus uptime) plus the start ticks, so it moves whenever the wall clock is
+    stepped (NTP, a suspended VM), and a live supervisor would then look like a stranger. The start
+    ticks never change while the process lives; the boot id changes with every reboot. Where they
+    cannot be read (not Linux), `create_time` is compared instead.
+    """
 
     pid: int
     create_time: float
+    start_ticks: int | None = None
+    boot_id: str | None = None
 
     @classmethod
     def of(cls, pid: int) -> Identity | None:
         try:
-            return cls(pid, psutil.Process(pid).create_time())
+            created = psutil.Process(pid).create_time()
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             return None
+        return cls(pid, created, _start_ticks(pid), _boot_id())
 
-    def to_dict(self) -> dict[str, float]:
-        return {"pid": self.pid, "create_time": self.create_time}
+    def to_dict(self) -> dict[str, object]:
+        return {"pid": self.pid, "create_time": self.create_time, "start_ticks": self.start_ticks, "boot_id": self.boot_id}
 
     @classmethod
     def from_dict(cls, data: object) -> Identity | None:
@@ -85,19 +95,29 @@ class Identity:
         if not isinstance(data, Mapping):
             return None
         pid, created = data.get("pid"), data.get("create_time")
+        ticks, boot = data.get("start_ticks"), data.get("boot_id")
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1:
             return None
         if isinstance(created, bool) or not isinstance(created, int | float):
             return None
-        return cls(pid, float(created))
+        if ticks is not None and (isinstance(ticks, bool) or not isinstance(ticks, int)):
+            return None
+        if boot is not None and not isinstance(boot, str):
+            return None
+        return cls(pid, float(created), ticks, boot)
+
+    def _same_start(self, proc: psutil.Process) -> bool:
+        if self.start_ticks is not None and self.boot_id is not None:
+            boot, ticks = _boot_id(), _start_ticks(self.pid)
+            if boot is not None and ticks is not None:
+                return boot == self.boot_id and ticks == self.start_ticks
+        return abs(proc.create_time() - self.create_time) <= _START_TOLERANCE
 
     def process(self) -> psutil.Process | None:
         """The live process with this identity, or None when it is gone or the PID now names another."""
         try:
             proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > _START_TOLERANCE:
-                return None
-            if proc.status() == psutil.STATUS_ZOMBIE:
+            if not self._same_start(proc) or proc.status() == psutil.STATUS_ZOMBIE:
                 return None
             return proc
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
@@ -105,6 +125,22 @@ class Identity:
 
     def alive(self) -> bool:
         return self.process() is not None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot (Linux)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+        return int(raw[raw.rfind(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def read_identity(path: Path) -> Identity | None:
