@@ -41,6 +41,12 @@ FIELDS: dict[str, tuple[str, str, dict[str, Any]]] = {
         {"type": ["string", "null"]},
     ),
     "mlflow_tracking_uri": ("MLflow tracking URI", "default: $MLFLOW_TRACKING_URI; empty means no MLflow", {"type": ["string", "null"]}),
+    "mlflow_experiment": ("MLflow experiment", "default: $MLFLOW_EXPERIMENT_NAME, else kubeflow-tasks", {"type": ["string", "null"]}),
+    "mlflow_credentials_secret": (
+        "MLflow credentials Secret",
+        "kubernetes backend: Secret with MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN for the work (never inlined)",
+        {"type": ["string", "null"]},
+    ),
     "kfp_ui_url": ("KFP UI URL", "base URL of the Kubeflow Pipelines UI, for links", {"type": ["string", "null"]}),
     "mlflow_ui_url": ("MLflow UI URL", "base URL of the MLflow UI (default: an http tracking URI)", {"type": ["string", "null"]}),
     "katib_ui_url": ("Katib UI URL", "base URL of the Katib UI, e.g. https://kubeflow.example.com/katib", {"type": ["string", "null"]}),
@@ -85,6 +91,8 @@ class ConnectionOptions:
     kfp_ssl_ca_cert: str | None = None
     kfp_proxy: str | None = None
     mlflow_tracking_uri: str | None = None
+    mlflow_credentials_secret: str | None = None
+    mlflow_experiment: str | None = None
     kfp_ui_url: str | None = None
     mlflow_ui_url: str | None = None
     katib_ui_url: str | None = None
@@ -122,6 +130,8 @@ class ConnectionOptions:
             kfp_ssl_ca_cert=get("kfp_ssl_ca_cert") or None,
             kfp_proxy=get("kfp_proxy") or None,
             mlflow_tracking_uri=get("mlflow_tracking_uri") or None,
+            mlflow_credentials_secret=get("mlflow_credentials_secret") or None,
+            mlflow_experiment=get("mlflow_experiment") or None,
             kfp_ui_url=get("kfp_ui_url") or None,
             mlflow_ui_url=get("mlflow_ui_url") or None,
             katib_ui_url=get("katib_ui_url") or None,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from shared.errors import SpecError
+from shared.params import texts
 from shared.specs import Spec, load_spec
 from shared.specs.builders import pipeline_run
 from shared.specs.common import load_documents, single_document
@@ -44,7 +45,7 @@ def resolve_spec(
     base_dir: str,
 ) -> Spec:
     """A validated spec of `kind`; errors are `SpecError`s naming the field, raised before submission."""
-    params = {str(k): _text(v) for k, v in (params or {}).items()}
+    params = texts(params)  # the one rule of shared.params, as the DolphinScheduler tasks use
     if callable(spec) and not isinstance(spec, Mapping):
         if kind is not Kind.PIPELINE:
             raise SpecError("spec", "a function is accepted for pipelines only")
@@ -73,8 +74,3 @@ def _renamed(manifest: Mapping[str, Any], name: str | None) -> dict[str, Any]:
     if name is not None:
         doc["metadata"] = {**(doc.get("metadata") or {}), "name": name}
     return doc
-
-
-def _text(value: Any) -> str:
-    """Parameters reach `${params.NAME}` as text, like the CLI's `--param NAME=VALUE`."""
-    return value if isinstance(value, str) else str(value)

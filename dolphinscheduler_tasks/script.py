@@ -97,6 +97,7 @@ class RunOptions:
     kfp_token_file: str | None = None
     mlflow_tracking_uri: str | None = None
     upstream_mlflow_run_id: str | None = None
+    mlflow_experiment: str | None = None
     cli: str = "kubeflow-tasks"
 
     def flags(self) -> list[tuple[str, str]]:
@@ -109,6 +110,7 @@ class RunOptions:
             ("--kfp-token-file", self.kfp_token_file),
             ("--mlflow-tracking-uri", self.mlflow_tracking_uri),
             ("--mlflow-upstream-run-id", self.upstream_mlflow_run_id),
+            ("--mlflow-experiment", self.mlflow_experiment),
         ):
             if value is not None:
                 pairs.append((flag, value))

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from dolphinscheduler_tasks.offline import is_offline, offline_code
 from dolphinscheduler_tasks.script import RunOptions, cli_deadline_seconds, run_script, summary_script
 from shared.errors import SpecError
+from shared.params import texts
 from shared.setvalue import out_parameter_names
 from shared.status import Kind
 
@@ -93,13 +94,14 @@ class KubeflowTask(_OfflineCodes, Shell):
         kfp_token_file: str | None = None,
         mlflow_tracking_uri: str | None = None,
         upstream_mlflow_run_id: str | None = None,
+        mlflow_experiment: str | None = None,
         cli: str = "kubeflow-tasks",
         timeout: int | timedelta | None = None,
         timeout_notify_strategy: str | None = None,
         output_params: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ):
-        values = {str(k): _text(v) for k, v in (params or {}).items()}
+        values = texts(params)  # the one rule of shared.params, as the Airflow operators use
         parsed = self._check_spec(spec, values)
         for field_name, url in (("mlflow_tracking_uri", mlflow_tracking_uri), ("kfp_host", kfp_host)):
             if url and urlsplit(url).password:
@@ -117,6 +119,7 @@ class KubeflowTask(_OfflineCodes, Shell):
             kfp_token_file=kfp_token_file,
             mlflow_tracking_uri=mlflow_tracking_uri,
             upstream_mlflow_run_id=upstream_mlflow_run_id,
+            mlflow_experiment=mlflow_experiment,
             cli=cli,
         )
         is_path = not isinstance(spec, Mapping)

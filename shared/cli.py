@@ -76,13 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--startup-timeout", help="such as 10m: work whose pods are not running by then (image pull, "
                      "scheduling, crash loop) is cancelled and fails with the cluster's reason")
     run.add_argument("--key", help="idempotency key: a second run with the same key adopts the first")
-    run.add_argument(
-        "--mlflow-tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none means no MLflow)",
-    )
-    run.add_argument(
-        "--mlflow-upstream-run-id", help="the previous task's MLflow run id, recorded as this run's upstream"
-    )
+    run.add_argument("--mlflow-tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none means no MLflow)")
+    run.add_argument("--mlflow-experiment",
+                     help="MLflow experiment of the run (default: $MLFLOW_EXPERIMENT_NAME, else kubeflow-tasks)")
+    run.add_argument("--mlflow-credentials-secret", metavar="SECRET",
+                     help="kubernetes backend: Secret holding MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN for the work")
+    run.add_argument("--mlflow-upstream-run-id", help="the previous task's MLflow run id, recorded as this run's upstream")
     run.add_argument("--detach", action="store_true", help="return once submitted, without waiting")
     run.add_argument("--output", choices=OUTPUTS, default="text")
     run.add_argument("--quiet", action="store_true", help="no progress or log lines on stderr")
@@ -106,14 +105,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_KEY = 512  # characters; a key is stored as an annotation, a tag and a file name digest
+
+
 def parse_params(items: Sequence[str]) -> dict[str, str]:
+    from shared.params import check_params
+
     params: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise SpecError("--param", f"expected NAME=VALUE, got {item!r}")
-        params[name.strip()] = value
+            raise SpecError("--param", f"expected NAME=VALUE, got {_short(item)}")
+        name = name.strip()
+        if name in params:
+            raise SpecError("--param", f"{name!r} is given twice; give each parameter once")
+        params[name] = value
+    check_params(params, "--param")
     return params
+
+
+def parse_key(value: str | None) -> str | None:
+    """`--key`: absent means an ad-hoc key; given, it must be real text (an empty key adopts nothing)."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise SpecError("--key", "must not be empty (leave --key out for a one-off run)")
+    if "\x00" in value or not value.isprintable():
+        raise SpecError("--key", "must be printable text without control characters or NUL bytes")
+    if len(value) > MAX_KEY:
+        raise SpecError("--key", f"is {len(value)} characters long; at most {MAX_KEY}")
+    return value
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """User input quoted in a message: repr (so control characters show), cut to `limit`."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
 
 
 def say(message: str) -> None:
@@ -157,13 +184,16 @@ def backend_from(args: argparse.Namespace):
 
 
 def resolve_target(backend, args: argparse.Namespace) -> Handle:
-    if bool(args.run_id) == bool(args.key):
+    if (args.run_id is None) == (args.key is None):
         raise SpecError("run_id", "give either a run id or --key KEY")
-    if args.key:
+    if args.key is not None:
+        parse_key(args.key)
         handle = backend.find(args.key)
         if handle is None:
             raise NotFound(f"nothing was submitted under key {args.key!r}")
         return handle
+    if not args.run_id.strip() or "\x00" in args.run_id:
+        raise SpecError("run_id", f"expected a run id printed by `run`, got {_short(args.run_id)}")
     return backend.get(args.run_id)
 
 
@@ -176,11 +206,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from shared.specs import load_spec
 
     params = parse_params(args.param)
-    timeout = parse_duration(args.timeout, "--timeout") if args.timeout else None
+    key = parse_key(args.key)
+    if args.timeout is not None and not args.timeout.strip():
+        raise SpecError("--timeout", "must not be empty (leave --timeout out for no deadline)")
+    timeout = parse_duration(args.timeout, "--timeout") if args.timeout is not None else None
+    for option in ("mlflow_tracking_uri", "mlflow_experiment", "mlflow_credentials_secret"):
+        value = getattr(args, option)
+        if value is not None and (not value.strip() or not value.isprintable()):
+            raise SpecError("--" + option.replace("_", "-"), "must be non-empty printable text")
+    if args.mlflow_credentials_secret and args.backend != "kubernetes":
+        raise SpecError("--mlflow-credentials-secret", "only applies with --backend kubernetes")
     args.startup_timeout = parse_duration(args.startup_timeout, "--startup-timeout") if args.startup_timeout else None
     spec = load_spec(args.spec, kind=args.kind, params=params)
     backend = backend_from(args)
-    return asyncio.run(_run(args, backend, spec, args.key or new_key(), timeout))
+    return asyncio.run(_run(args, backend, spec, key or new_key(), timeout))
 
 
 async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float | None) -> int:
@@ -208,6 +247,8 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
             key,
             mlflow_tracking_uri=args.mlflow_tracking_uri,
             upstream_mlflow_run_id=args.mlflow_upstream_run_id,
+            mlflow_experiment=args.mlflow_experiment,
+            credentials_secret=args.mlflow_credentials_secret,
         )
         submitted(submission)
         status = await asyncio.to_thread(backend.status, submission.handle)
@@ -237,6 +278,8 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
         key,
         mlflow_tracking_uri=args.mlflow_tracking_uri,
         upstream_mlflow_run_id=args.mlflow_upstream_run_id,
+        mlflow_experiment=args.mlflow_experiment,
+        credentials_secret=args.mlflow_credentials_secret,
         timeout=timeout,
         startup_timeout=args.startup_timeout,
         cancel_requested=cancel_requested,
@@ -303,15 +346,60 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "logs": cmd_logs, "cancel": cm
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every error is one line on stderr: exit 2 for bad input, 1 for anything else; never a traceback."""
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except (UsageError, SpecError, NotFound) as exc:
-        say(f"error: {exc}")
+        say(f"error: {_one_line(exc)}")
         return EXIT_USAGE
     except KubeflowTasksError as exc:
-        say(f"error: {exc}")
+        say(f"error: {_one_line(exc)}")
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        say("error: interrupted")
+        return EXIT_FAILED
+    except Exception as exc:
+        if _is_bad_endpoint(exc):  # wrong host, or credentials the server refuses: the user's to fix
+            say(f"error: {_endpoint_problem(exc)}")
+            return EXIT_USAGE  # a bug or an unexpected fault of a library: still one line, no traceback
+        say(f"error: unexpected {type(exc).__name__}: {_one_line(exc)}")
+        return EXIT_FAILED
+
+
+def _http_status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _is_bad_endpoint(exc: BaseException) -> bool:
+    """An endpoint that cannot be reached after our retries, or that refuses our credentials (401/403)."""
+    if _http_status(exc) in (401, 403):
+        return True
+    names = {type(e).__name__ for e in _chain(exc)}
+    return bool(names & {"MaxRetryError", "NewConnectionError", "ConnectionError", "ConnectionRefusedError",
+                         "NameResolutionError", "gaierror"})
+
+
+def _endpoint_problem(exc: BaseException) -> str:
+    status = _http_status(exc)
+    if status in (401, 403):
+        return f"the server refused our credentials (HTTP {status}): check the token, kubeconfig or connection"
+    return f"cannot reach the server: {_one_line(exc)}"
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _one_line(exc: BaseException) -> str:
+    from shared.secrets import redact
+
+    return redact(" ".join(str(exc).split()))[:2000] or type(exc).__name__
 
 
 if __name__ == "__main__":

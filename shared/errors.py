@@ -24,6 +24,10 @@ class SpecError(KubeflowTasksError, ValueError):
         super().__init__(" ".join(text.split()))
 
 
+class KeyConflict(SpecError):
+    """The key already names other work (another kind, or another spec still running or succeeded)."""
+
+
 class BackendError(KubeflowTasksError):
     """The backend could not do what was asked (not a transient fault)."""
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.backends.base import Backend, SubmitContext
-from shared.errors import DeadlineExceeded, KubeflowTasksError
+from shared.errors import DeadlineExceeded, KeyConflict, KubeflowTasksError
 from shared.retry import deadline_scope
 from shared.specs.model import Spec
 from shared.status import Handle, State, Status
@@ -61,6 +61,8 @@ def submit_or_adopt(
     upstream_mlflow_run_id: str | None = None,
     known_id: str | None = None,
     deadline: float | None = None,
+    mlflow_experiment: str | None = None,
+    credentials_secret: str | None = None,
 ) -> Submission:
     """Adopt what runs or succeeded under `key`; otherwise submit a new attempt.
 
@@ -70,14 +72,20 @@ def submit_or_adopt(
 
     The MLflow run is opened (or adopted, by key and attempt) before anything is submitted, so the
     work gets the hand-off variables from its first line on. `upstream_mlflow_run_id` (the previous
-    task's run) is recorded on it, so a workflow's runs form one lineage.
+    task's run) is recorded on it, so a workflow's runs form one lineage. `mlflow_experiment`
+    defaults to $MLFLOW_EXPERIMENT_NAME, then `kubeflow-tasks`. If the submission is refused or
+    fails before any work started, the run is ended FAILED with the reason and the error raised.
+
+    The key holds one kind of work and one spec: other work under it (another kind, or another
+    spec still running or succeeded) raises `KeyConflict` before anything is opened or submitted.
 
     Backend calls retry their own requests (`shared.retry`, the one layer), all within `deadline`
     (wall-clock), which the work also gets (`SubmitContext.deadline`) to mirror on the server.
     """
     with deadline_scope(deadline):
         return _submit_or_adopt(
-            backend, spec, key, mlflow_tracking_uri, labels, env, upstream_mlflow_run_id, known_id, deadline
+            backend, spec, key, mlflow_tracking_uri, labels, env, upstream_mlflow_run_id, known_id, deadline,
+            mlflow_experiment, credentials_secret,
         )
 
 
@@ -91,17 +99,30 @@ def _submit_or_adopt(
     upstream_mlflow_run_id: str | None,
     known_id: str | None,
     deadline: float | None,
+    mlflow_experiment: str | None,
+    credentials_secret: str | None,
 ) -> Submission:
-    from shared.mlflow_handoff import open_parent_run, resolve_tracking_uri, set_remote_tags
+    from shared.fingerprint import fingerprint_of
+    from shared.mlflow_handoff import (
+        finish_parent_run,
+        open_parent_run,
+        resolve_tracking_uri,
+        set_remote_tags,
+    )
 
     labels = dict(labels or {})
+    # A backend answers with the newest work under the key; the local one whatever its kind, so
+    # work of another kind is refused below, never adopted (Kubernetes looks up the kind's resources).
     candidates = (_remembered(backend, known_id, key), backend.find(key, spec.kind, namespace=spec.namespace))
     existing = max((h for h in candidates if h is not None), key=lambda h: h.attempt, default=None)
     attempt = 1
     adopt = False
     if existing is not None:
+        _check_same_kind(existing, spec, key)
         status = backend.status(existing)
         adopt = not status.terminal or status.state is State.SUCCEEDED
+        if adopt:
+            _check_same_spec(backend, existing, spec, key, status)
         attempt = existing.attempt if adopt else existing.attempt + 1
 
     dry_run = getattr(backend, "dry_run", None)
@@ -114,7 +135,9 @@ def _submit_or_adopt(
         tags = dict(labels)
         if upstream_mlflow_run_id:
             tags["kubeflow_tasks.upstream_run_id"] = upstream_mlflow_run_id
-        parent = open_parent_run(uri, key=key, attempt=attempt, run_name=spec.name, tags=tags)
+        parent = open_parent_run(
+            uri, key=key, attempt=attempt, run_name=spec.name, tags=tags, experiment_name=mlflow_experiment
+        )
 
     if adopt:
         handle = existing
@@ -124,11 +147,51 @@ def _submit_or_adopt(
             mlflow=parent.context() if parent else {},
             labels=labels,
             deadline=deadline,
+            secret_env=parent.secret_env() if parent else {},
+            credentials_secret=credentials_secret,
+            fingerprint=fingerprint_of(spec),
         )
-        handle = backend.submit(spec, key, attempt, context)
+        try:
+            handle = backend.submit(spec, key, attempt, context)
+        except Exception as exc:
+            if parent is not None:  # nothing runs: the run must not stay RUNNING for ever
+                finish_parent_run(parent, state=State.FAILED, message=f"submission failed: {exc}")
+            raise
     if parent is not None:
         set_remote_tags(parent, handle=handle.to_dict())
     return Submission(handle=handle, adopted=adopt, mlflow=parent.context() if parent else {})
+
+
+def _check_same_kind(existing: Handle, spec: Spec, key: str) -> None:
+    """A key holds one kind of work (and one resource): a task of another kind must not get its result."""
+    resource = getattr(spec, "resource", None)
+    if existing.kind is not spec.kind or (resource and existing.resource and existing.resource != resource):
+        held = existing.resource or existing.kind.value
+        wanted = resource or spec.kind.value
+        raise KeyConflict(
+            "--key",
+            f"key {key!r} is held by {held} {existing.id} (a {existing.kind.value}); "
+            f"this task is a {wanted}: use another key",
+        )
+
+
+def _check_same_spec(backend: Backend, existing: Handle, spec: Spec, key: str, status: Status) -> None:
+    """Adopt only the work this task would have submitted: the same spec and parameters.
+
+    A backend that cannot tell the fingerprint of its work (no `fingerprint` method, or work made
+    before fingerprints were stored) is trusted, as before.
+    """
+    from shared.fingerprint import fingerprint_of
+
+    lookup = getattr(backend, "fingerprint", None)
+    stored = lookup(existing) if lookup is not None else None
+    if stored and stored != fingerprint_of(spec):
+        what = "succeeded" if status.state is State.SUCCEEDED else "is still running"
+        raise KeyConflict(
+            "--key",
+            f"key {key!r} is held by {existing.resource or existing.kind.value} {existing.id}, which {what} "
+            "with another spec or other parameters; use another key (or the same spec to adopt it)",
+        )
 
 
 def _remembered(backend: Backend, known_id: str | None, key: str) -> Handle | None:
@@ -359,6 +422,8 @@ async def run_async(
     on_log: Callable[[str], None] | None = None,
     known_id: str | None = None,
     startup_timeout: float | None = None,
+    mlflow_experiment: str | None = None,
+    credentials_secret: str | None = None,
 ) -> Outcome:
     """Submit or adopt, follow the logs, wait with the deadline, end the MLflow run: one task's life."""
     deadline = None if timeout is None else time.time() + timeout
@@ -372,6 +437,8 @@ async def run_async(
         upstream_mlflow_run_id=upstream_mlflow_run_id,
         known_id=known_id,
         deadline=deadline,
+        mlflow_experiment=mlflow_experiment,
+        credentials_secret=credentials_secret,
     )
     if on_submitted is not None:
         on_submitted(submission)

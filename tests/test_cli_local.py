@@ -87,7 +87,7 @@ def test_sigterm_cancels_the_work_and_leaves_no_process(tmp_path: Path, state_di
     spec = pytorchjob(tmp_path, workers=2)
     run = Cli(tmp_path, "run", "training-job", "--spec", str(spec), "--key", "sigterm", "--output", "json")
     replicas = wait_until(lambda: len(started(tmp_path)) == 3 and started(tmp_path), what="3 replicas")
-    supervisor_pid = int(next((state_dir / "runs").iterdir()).joinpath("supervisor.pid").read_text())
+    supervisor_pid = Store(state_dir).run(next((state_dir / "runs").iterdir()).name).supervisor_pid()
 
     t0 = time.monotonic()
     run.proc.send_signal(signal.SIGTERM)

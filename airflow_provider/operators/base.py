@@ -169,6 +169,8 @@ class KubeflowBaseOperator(BaseOperator):
         common = {
             "mlflow_tracking_uri": resolve_tracking_uri(options.mlflow_tracking_uri),
             "upstream_mlflow_run_id": self.upstream_mlflow_run_id or None,
+            "credentials_secret": options.mlflow_credentials_secret,
+            "mlflow_experiment": options.mlflow_experiment,
             "labels": self._labels(context),
             "known_id": store.get(STATE_STORE_KEY) if store is not None else None,
         }

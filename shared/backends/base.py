@@ -24,12 +24,19 @@ class SubmitContext:
     `labels` are the scheduler's identity of the task, stored on the remote object for people;
     `deadline` (wall-clock, `time.time()`) is the task's, for backends that mirror it on the server
     so that work orphaned by a dead client still ends.
+    `secret_env` (MLflow credentials) reaches the work too but is never written anywhere: the local
+    backend hands it to the supervisor's environment only, Kubernetes refers to the Secret named by
+    `credentials_secret` instead of inlining it. `fingerprint` is stored with the work (see
+    shared.fingerprint).
     """
 
     env: Mapping[str, str] = field(default_factory=dict)
     mlflow: Mapping[str, str] = field(default_factory=dict)  # tracking_uri, run_id, experiment_id
     labels: Mapping[str, str] = field(default_factory=dict)
     deadline: float | None = None
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    credentials_secret: str | None = None
+    fingerprint: str | None = None
 
 
 @runtime_checkable

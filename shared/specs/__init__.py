@@ -93,8 +93,13 @@ def load_spec(
     `params` fill `${params.NAME}` in experiments and training jobs, and override a pipeline
     run's parameters. Relative paths resolve against `base_dir`: the file's folder by default.
     """
+    from shared.params import check_params
+    from shared.specs.documents import check_values
+
+    check_params(params, "params")
     path = None
     if isinstance(source, Mapping):
+        check_values(source)  # what a file gets in load_document: depth, size, no NUL byte
         manifest = dict(source)
     else:
         path = os.fspath(source)

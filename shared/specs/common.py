@@ -7,13 +7,10 @@ the Kubernetes API server names fields (`key` gives the webhooks' spelling of ma
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-import yaml
 
 from shared.errors import SpecError
 
@@ -217,26 +214,32 @@ def metadata(manifest: Mapping[str, Any]) -> tuple[str, str | None]:
 
 
 def load_documents(path: str) -> list[Any]:
-    """Every non-empty YAML document of a file (a JSON file is one), parse errors in one line."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise SpecError(path, f"cannot read the spec file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise SpecError(path, "not UTF-8 text") from None
-    return parse_documents(text, path, as_json=path.endswith(".json"))
+    """Every non-empty YAML document of a file (a JSON file is one): read and parsed bounded and
+    strict (shared.specs.documents: regular files only, size, depth, aliases, duplicate keys)."""
+    from shared.specs.documents import read_text
+
+    return parse_documents(read_text(path), path, as_json=path.endswith(".json"))
 
 
 def parse_documents(text: str, where: str, *, as_json: bool = False) -> list[Any]:
     """The non-empty documents of YAML (or JSON) text read from `where`; errors in one line."""
+    import yaml
+
+    from shared.specs.documents import MAX_DEPTH, check_values, parse_json, parse_yaml
+
+    kind = "JSON" if as_json else "YAML"
     try:
-        if as_json:
-            return [json.loads(text)]
-        return [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = parse_json(text) if as_json else parse_yaml(text)
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc.path}" if exc.path else where, exc.detail) from None
     except (yaml.YAMLError, ValueError) as exc:
-        kind = "JSON" if as_json else "YAML"
         raise SpecError(where, f"not valid {kind}: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise SpecError(where, f"nested deeper than {MAX_DEPTH} levels") from None
+    docs = [d for d in docs if d is not None]
+    for doc in docs:
+        check_values(doc)
+    return docs
 
 
 def load_document(path: str) -> dict[str, Any]:

@@ -268,6 +268,14 @@ class KubernetesBackend:
             remember_end(handle.id, status)
         return status
 
+    def fingerprint(self, handle: Handle) -> str | None:
+        """The spec fingerprint annotated on a custom resource (KFP runs carry none: trusted)."""
+        if handle.id.startswith(KFP_PREFIX):
+            return None
+        namespace, plural, name = split_id(handle.id)
+        annotations = self.get_object(namespace, plural, name)["metadata"].get("annotations") or {}
+        return annotations.get(manifests.FINGERPRINT_ANNOTATION)
+
     # ------------------------------------------------------------------ requests
 
     def get_object(self, namespace: str, plural: str, name: str) -> dict[str, Any]:

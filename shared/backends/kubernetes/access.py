@@ -125,6 +125,8 @@ class Cluster:
                     raise SpecError(
                         "kubeconfig" if not self.options.context else "context", str(exc)
                     ) from None
+                except (AttributeError, KeyError, TypeError, ValueError) as exc:  # e.g. a list, not a mapping
+                    raise SpecError("kubeconfig", f"{path} is not a valid kubeconfig ({type(exc).__name__}: {exc})") from None
                 chosen = next((c for c in contexts if c["name"] == self.options.context), active)
                 namespace = ((chosen or {}).get("context") or {}).get("namespace")
         cfg.connection_pool_maxsize = POOL_SIZE

@@ -74,17 +74,20 @@ def build(
     annotations[naming.SPEC_NAME_ANNOTATION] = spec.name
     if context.deadline is not None:
         mirror_deadline(body, spec, context.deadline)
-    if context.env:
+    if context.fingerprint:
+        annotations[FINGERPRINT_ANNOTATION] = context.fingerprint
+    secret_refs = credential_refs(context)
+    if context.env or secret_refs:
         if isinstance(spec, TrainingJobSpec):
             for container in _job_containers(body, spec):
-                _set_env(container, context.env)
+                _set_env(container, context.env, secret_refs)
         else:
             trial_env = trial_handoff_env(context)
             primary = spec.trial_template.primary_container_name
             trial_spec = body["spec"]["trialTemplate"].get("trialSpec") or {}
             for container in _containers(trial_spec):
                 if primary is None or container.get("name") == primary:
-                    _set_env(container, trial_env)
+                    _set_env(container, trial_env, secret_refs)
     return body
 
 
@@ -110,6 +113,36 @@ def mirror_deadline(body: dict[str, Any], spec: TrainingJobSpec | ExperimentSpec
 def _cap(holder: dict[str, Any], seconds: int) -> None:
     own = holder.get("activeDeadlineSeconds")
     holder["activeDeadlineSeconds"] = min(int(own), seconds) if isinstance(own, int) and own > 0 else seconds
+
+
+FINGERPRINT_ANNOTATION = f"{naming.DOMAIN}/spec-fingerprint"
+
+
+def credential_refs(context: SubmitContext) -> list[dict[str, Any]]:
+    """MLflow credentials as references to the user's Secret: never their values in the object.
+
+    Why: a custom resource is readable by anyone who may list jobs in the namespace, and its spec is
+    kept in etcd and in audit logs. A tracking URI with user:password is refused here unless a
+    Secret is named (`--mlflow-credentials-secret`, the connection's field), whose keys
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD / MLFLOW_TRACKING_TOKEN are optional.
+    """
+    from shared.backends.kubernetes.ids import check_object_name
+    from shared.errors import SpecError
+    from shared.secrets import CREDENTIAL_VARS
+
+    if not context.credentials_secret:
+        if context.secret_env:
+            raise SpecError(
+                "--mlflow-credentials-secret",
+                "the MLflow tracking URI holds credentials; on the kubernetes backend the work reads them "
+                "from a Secret (keys MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD): name it here",
+            )
+        return []
+    secret = check_object_name(context.credentials_secret)
+    return [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": name, "optional": True}}}
+        for name in CREDENTIAL_VARS
+    ]
 
 
 def trial_handoff_env(context: SubmitContext) -> dict[str, str]:
@@ -144,7 +177,11 @@ def _containers(tree: Any) -> Iterator[dict[str, Any]]:
             yield from _containers(value)
 
 
-def _set_env(container: dict[str, Any], env: Mapping[str, str]) -> None:
+def _set_env(
+    container: dict[str, Any], env: Mapping[str, str], refs: list[dict[str, Any]] | None = None
+) -> None:
     """Our variables replace same-named entries (the hand-off must win), others are kept in order."""
-    kept = [e for e in container.get("env") or [] if e.get("name") not in env]
-    container["env"] = kept + [{"name": k, "value": str(v)} for k, v in env.items()]
+    refs = refs or []
+    ours = set(env) | {r["name"] for r in refs}
+    kept = [e for e in container.get("env") or [] if e.get("name") not in ours]
+    container["env"] = kept + [{"name": k, "value": str(v)} for k, v in env.items()] + [dict(r) for r in refs]

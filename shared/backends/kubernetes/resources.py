@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shared.backends.base import SubmitContext
-from shared.backends.kubernetes import manifests, naming, states
+from shared.backends.kubernetes import ids, manifests, naming, states
 from shared.backends.kubernetes.access import Cluster, call, read_body
 from shared.errors import BackendError, NotFound, SpecError
 from shared.retry import http_status
@@ -27,12 +27,9 @@ _DELETED_BY_US: set[str] = set()  # handle ids this process deleted: their 404 m
 
 
 def split_id(handle_id: str) -> tuple[str, str, str]:
-    parts = handle_id.split("/")
-    if len(parts) != 3 or parts[1] not in manifests.BY_PLURAL:
-        raise NotFound(
-            f"{handle_id!r} is not a kubernetes backend id (<namespace>/<plural>/<name> or kfp/<run id>)"
-        )
-    return parts[0], parts[1], parts[2]
+    """<namespace>/<plural>/<name>, each part checked as a DNS name before any URL is built (a name
+    of `.` or `..` would otherwise address the whole collection)."""
+    return ids.split_cr_id(handle_id, manifests.BY_PLURAL)
 
 
 def deleted_by_us(handle_id: str) -> bool:

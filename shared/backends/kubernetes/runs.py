@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from shared.backends.base import SubmitContext
-from shared.backends.kubernetes import naming, pipelines, states
+from shared.backends.kubernetes import ids, naming, pipelines, states
 from shared.backends.kubernetes.access import Kfp
 from shared.errors import NotFound
 from shared.retry import http_status
@@ -120,7 +120,7 @@ class PipelineRuns:
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         try:
-            return self.kfp.request(self.kfp.runs().run_service_get_run, run_id)
+            return self.kfp.request(self.kfp.runs().run_service_get_run, ids.check_kfp_run_id(run_id))
         except Exception as exc:
             if http_status(exc) == 404:
                 raise NotFound(f"no KFP run {run_id}") from None

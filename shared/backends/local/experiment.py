@@ -16,11 +16,8 @@ Trials still running when the experiment ends are killed (Killed). New trials fi
 min(parallelTrialCount, maxTrialCount - completed) - active. A Succeeded experiment without an
 optimal trial is FAILED (reference §6).
 
-Median stop follows Katib's medianstop service and metrics-collector rule: when a trial starts and
-at least `min_trials_required` trials have succeeded, its rule value is the mean over those trials
-of the average of their first `start_step` objective reports (Katib calls it the median); the trial
-is EarlyStopped once it has reported the objective `start_step` times and its best value so far is
-worse than that value.
+This module is the control loop; a trial's processes are `trial_process`, the median-stop rule
+`median_stop`, the algorithms `suggestions`.
 """
 
 from __future__ import annotations
@@ -36,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from shared.backends.local import admission, metrics_collectors, procs
+from shared.backends.local import admission, metrics_collectors
+from shared.backends.local.median_stop import MedianStop
 from shared.backends.local.metrics import MetricsCollector
 from shared.backends.local.runner import RunContext
 from shared.backends.local.suggestions import (
@@ -50,15 +48,14 @@ from shared.backends.local.suggestions import (
     TrialRecord,
     make_suggester,
 )
+from shared.backends.local.trial_process import JobProcess, TrainingProcess, primary_text
 from shared.errors import SpecError
 from shared.specs.model import ExperimentSpec
 from shared.status import State, Status
 
 POLL_SECONDS = 0.05
-KILL_GRACE_SECONDS = 2.0
 NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery utilrand, which Katib uses
 TRAINING_KINDS = ("PyTorchJob", "TFJob")
-PRIMARY_REPLICAS = ("master-0", "chief-0")  # replicas labelled training.kubeflow.org/job-role=master
 
 GOAL_REACHED = "ExperimentGoalReached"
 MAX_TRIALS_REACHED = "ExperimentMaxTrialsReached"
@@ -85,73 +82,6 @@ def substitute(value: Any, replacements: Mapping[str, str]) -> Any:
     return value
 
 
-# ---------------------------------------------------------------- one trial's process(es)
-
-
-class _JobProcess:
-    """A batch/v1 Job trial: the primary container's command as one process group."""
-
-    def __init__(
-        self,
-        container: Mapping[str, Any],
-        env: dict[str, str],
-        cwd: str,
-        on_line: Callable[[str], None],
-        registry: Path,
-    ):
-        argv = [*container.get("command", []), *container.get("args", [])]
-        self._child = procs.Child(argv, env=procs.child_env(env), cwd=cwd, on_line=on_line, registry=registry)
-
-    def poll(self) -> bool | None:
-        code = self._child.poll()
-        return None if code is None else code == 0
-
-    def kill(self) -> None:
-        self._child.kill_group(KILL_GRACE_SECONDS)
-
-
-class _TrainingProcess:
-    """A PyTorchJob/TFJob trial: a TrainingRunner in a thread; metrics come from the Master/Chief."""
-
-    def __init__(
-        self,
-        trial_spec: Mapping[str, Any],
-        base_dir: str,
-        workdir: Path,
-        env: dict[str, str],
-        on_line: Callable[[str], None],
-    ):
-        from shared.backends.local.training import TrainingRunner
-        from shared.specs import parse_training_job
-
-        spec = parse_training_job(trial_spec, base_dir)
-        ctx = RunContext(workdir=workdir, env=env, mlflow={}, report=lambda status: None, log=on_line)
-        self._runner = TrainingRunner(spec, ctx)
-        self._result: Status | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        self._result = self._runner.run()
-
-    def poll(self) -> bool | None:
-        if self._thread.is_alive():
-            return None
-        return self._result is not None and self._result.state is State.SUCCEEDED
-
-    def kill(self) -> None:
-        self._runner.stop()
-        self._thread.join(timeout=KILL_GRACE_SECONDS + 5)
-
-
-def _primary_text(line: str) -> str | None:
-    """A training trial's line as the primary (Master/Chief) container printed it, else None."""
-    for replica in PRIMARY_REPLICAS:
-        if line.startswith(f"[{replica}] "):
-            return line[len(replica) + 3 :]
-    return None
-
-
 class _SuggestionFailed(Exception):
     """The algorithm raised: Katib marks the suggestion, and so the experiment, failed."""
 
@@ -164,7 +94,7 @@ class _Trial:
     collector: MetricsCollector
     log: TextIO
     stop_value: float | None  # the median-stop rule value fixed when the trial started
-    process: _JobProcess | _TrainingProcess | None = None
+    process: JobProcess | TrainingProcess | None = None
     state: str = RUNNING
     early_stop: bool = False
     mlflow_run: str | None = None
@@ -187,7 +117,7 @@ class ExperimentRunner:
         self._container = self._primary_container()
         self._strategies = dict(spec.objective.metric_strategies)
         self._metric_names = [spec.objective.objective_metric_name, *spec.objective.additional_metric_names]
-        self._median = self._median_settings()
+        self._median = MedianStop.from_spec(spec)
         self._trials: list[_Trial] = []
         self._lock = threading.Lock()  # guards starting trials against a concurrent stop()
         self._stopping = threading.Event()
@@ -219,17 +149,6 @@ class ExperimentRunner:
         raise SpecError(
             "spec.trialTemplate.primaryContainerName", f"no container named {wanted!r} in the trialSpec"
         )
-
-    def _median_settings(self) -> tuple[int, int] | None:
-        stopping = self.spec.early_stopping
-        if stopping is None:
-            return None
-        if stopping.name != "medianstop":
-            raise SpecError("spec.earlyStopping.algorithmName", f"expected medianstop, got {stopping.name!r}")
-        try:
-            return int(stopping.setting("min_trials_required", "3")), int(stopping.setting("start_step", "4"))
-        except ValueError:
-            raise SpecError("spec.earlyStopping.algorithmSettings", "expected integer settings") from None
 
     # -- protocol
 
@@ -391,9 +310,9 @@ class ExperimentRunner:
             on_line = self._on_line(trial)
             try:
                 if self._container is None:
-                    trial.process = _TrainingProcess(trial_spec, self.spec.base_dir, folder, env, on_line)
+                    trial.process = TrainingProcess(trial_spec, self.spec.base_dir, folder, env, on_line)
                 else:
-                    trial.process = _JobProcess(
+                    trial.process = JobProcess(
                         self._find_container(trial_spec),
                         env,
                         self._cwd(trial_spec),
@@ -466,7 +385,7 @@ class ExperimentRunner:
                 return
             trial.log.write(line + "\n")
             trial.log.flush()
-            text = _primary_text(line) if training else line
+            text = primary_text(line) if training else line
             if text is None or self._source is not None:  # a File/TensorFlowEvent collector reads files
                 return
             found = trial.collector.feed(text)
@@ -488,26 +407,14 @@ class ExperimentRunner:
 
     def _should_stop(self, trial: _Trial) -> bool:
         assert self._median is not None and trial.stop_value is not None
-        _, start_step = self._median
-        values = trial.collector.objective_values
-        if len(values) < start_step:
-            return False
-        best = max(values) if self._maximize else min(values)
-        return best < trial.stop_value if self._maximize else best > trial.stop_value
+        return self._median.should_stop(trial.collector.objective_values, trial.stop_value, self._maximize)
 
     def _median_value(self) -> float | None:
         """The medianstop rule value for a trial starting now, or None (no rule yet)."""
         if self._median is None:
             return None
-        min_trials, start_step = self._median
-        averages = []
-        for trial in self._trials:
-            head = trial.collector.objective_values[:start_step]
-            if trial.state == SUCCEEDED and head:
-                averages.append(sum(head) / len(head))
-        if len(averages) < min_trials:
-            return None
-        return sum(averages) / len(averages)
+        succeeded = [t.collector.objective_values for t in self._trials if t.state == SUCCEEDED]
+        return self._median.rule_value(succeeded)
 
     def _conclude(self, trial: _Trial, state: str) -> None:
         trial.state = state

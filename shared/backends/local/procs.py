@@ -4,11 +4,18 @@ Every replica, trial or pipeline executor starts in a session of its own so that
 early-stopped trial) takes its grandchildren with it. Each group is recorded in the run's `procs/`
 folder while it lives, so that a canceller in another process can still kill it if the supervisor
 itself has died.
+
+Why identities and not bare PIDs: a PID is reused once its process is gone (after a reboot, at
+once), so a recorded PID alone may name a stranger's process. A recorded `Identity` is the PID with
+the process's start time (psutil); a process is signalled only when both match, or, for a group
+whose leader is gone, when a member carries this run's marker variable (`RUN_MARKER`) in its
+environment, which every process of a run inherits from its supervisor.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -16,9 +23,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 PYTHON_NAMES = {"python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}"}
+RUN_MARKER = "KUBEFLOW_TASKS_LOCAL_RUN"  # the run directory, in the environment of every process of a run
+_START_TOLERANCE = 0.05  # seconds; psutil's start times have clock-tick resolution (non-Linux fallback)
+_user_umask = -1  # the umask the work's processes get (-1: inherit ours); see private_umask
+
+
+def private_umask() -> None:
+    """Make this process's own files private (0600/0700) while children keep the user's umask.
+
+    Called by the supervisor: run directories hold logs and the MLflow hand-off, but the work's own
+    output files are the user's business.
+    """
+    global _user_umask
+    _user_umask = os.umask(0o077)
 
 
 def resolve_command(argv: Sequence[str]) -> list[str]:
@@ -37,6 +60,116 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A process as we started it: its PID, its start in clock ticks since boot, and the boot.
+
+    Why ticks and the boot id rather than psutil's `create_time()` alone: `create_time()` is the
+    boot time (wall clock minus uptime) plus the start ticks, so it moves whenever the wall clock is
+    stepped (NTP, a suspended VM), and a live supervisor would then look like a stranger. The start
+    ticks never change while the process lives; the boot id changes with every reboot. Where they
+    cannot be read (not Linux), `create_time` is compared instead.
+    """
+
+    pid: int
+    create_time: float
+    start_ticks: int | None = None
+    boot_id: str | None = None
+
+    @classmethod
+    def of(cls, pid: int) -> Identity | None:
+        try:
+            created = psutil.Process(pid).create_time()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            return None
+        return cls(pid, created, _start_ticks(pid), _boot_id())
+
+    def to_dict(self) -> dict[str, object]:
+        return {"pid": self.pid, "create_time": self.create_time, "start_ticks": self.start_ticks, "boot_id": self.boot_id}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Identity | None:
+        """An identity from a recorded mapping; None for anything malformed (a planted file is not ours)."""
+        if not isinstance(data, Mapping):
+            return None
+        pid, created = data.get("pid"), data.get("create_time")
+        ticks, boot = data.get("start_ticks"), data.get("boot_id")
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1:
+            return None
+        if isinstance(created, bool) or not isinstance(created, int | float):
+            return None
+        if ticks is not None and (isinstance(ticks, bool) or not isinstance(ticks, int)):
+            return None
+        if boot is not None and not isinstance(boot, str):
+            return None
+        return cls(pid, float(created), ticks, boot)
+
+    def _same_start(self, proc: psutil.Process) -> bool:
+        if self.start_ticks is not None and self.boot_id is not None:
+            boot, ticks = _boot_id(), _start_ticks(self.pid)
+            if boot is not None and ticks is not None:
+                return boot == self.boot_id and ticks == self.start_ticks
+        return abs(proc.create_time() - self.create_time) <= _START_TOLERANCE
+
+    def process(self) -> psutil.Process | None:
+        """The live process with this identity, or None when it is gone or the PID now names another."""
+        try:
+            proc = psutil.Process(self.pid)
+            if not self._same_start(proc) or proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            return None
+
+    def alive(self) -> bool:
+        return self.process() is not None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot (Linux)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+        return int(raw[raw.rfind(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def read_identity(path: Path) -> Identity | None:
+    """The identity recorded in `path`; a symlink, a non-regular file or bad JSON gives None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not _regular(fh.fileno()):
+            return None
+        try:
+            return Identity.from_dict(json.loads(fh.read(4096)))
+        except ValueError:
+            return None
+
+
+def write_identity(path: Path, identity: Identity) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(identity.to_dict(), fh)
+    os.replace(tmp, path)
+
+
+def _regular(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
 class Child:
@@ -61,14 +194,17 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=_user_umask,
             text=True,
             errors="replace",
             bufsize=1,
         )
         self.pid = self.proc.pid
+        # Not yet reaped, so the PID cannot have been reused: this is the identity of our child.
+        self.identity = Identity.of(self.pid) or Identity(self.pid, time.time())
         if registry is not None:
-            registry.mkdir(parents=True, exist_ok=True)
-            (registry / str(self.pid)).write_text(str(self.pid))
+            registry.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_identity(registry / str(self.pid), self.identity)
         self._reader = threading.Thread(target=self._read, args=(on_line,), daemon=True)
         self._reader.start()
 
@@ -105,6 +241,7 @@ class Child:
 
 
 def group_alive(pgid: int) -> bool:
+    """Whether a group of OUR OWN (un-reaped) child still has a live member."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -112,60 +249,102 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     # A group whose only members are zombies is as good as gone.
-    return any(_state(pid) not in ("Z", None) for pid in group_members(pgid))
+    return any(_live(p) for p in group_members(pgid))
 
 
-def group_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[psutil.Process]:
     members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _stat(int(entry))
-            if stat and stat[2] == pgid:
-                members.append(int(entry))
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc)
     return members
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, pgid) of a process, read from /proc."""
+def _live(proc: psutil.Process) -> bool:
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[2])
-
-
-def _state(pid: int) -> str | None:
-    stat = _stat(pid)
-    return stat[0] if stat else None
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def pid_alive(pid: int) -> bool:
-    state = _state(pid)
-    return state is not None and state != "Z"
+    """Whether some live (non-zombie) process holds `pid` now: for tests and our own children only."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
-def kill_group(pgid: int, grace: float = 2.0) -> None:
-    """SIGTERM a process group, wait up to `grace` seconds for it to go, then SIGKILL it."""
+def _marked(proc: psutil.Process, marker: str) -> bool:
+    try:
+        return proc.environ().get(RUN_MARKER) == marker
+    except (psutil.Error, OSError):
+        return False  # another user's process, or gone: not provably ours
+
+
+def owned_group(identity: Identity, marker: str | None) -> bool:
+    """Whether the process group led by `identity` is provably ours.
+
+    Ours when its leader still has the recorded start time, or, when the leader is gone, when a live
+    member carries `marker` in its environment (a group keeps its number while any member lives, so
+    such a member is in the group our child made).
+    """
+    if identity.alive():
+        return True
+    if marker is None:
+        return False
+    return any(_live(p) and _marked(p, marker) for p in group_members(identity.pid))
+
+
+def signal_process(identity: Identity, sig: int) -> bool:
+    """Send `sig` to the process if (and only if) it is still the one recorded; True when sent."""
+    proc = identity.process()
+    if proc is None:
+        return False
+    with contextlib.suppress(psutil.Error):
+        proc.send_signal(sig)  # psutil re-checks the start time before signalling
+        return True
+    return False
+
+
+def kill_group(pgid: int | Identity, grace: float = 2.0, marker: str | None = None) -> None:
+    """SIGTERM a process group, wait up to `grace` seconds for it to go, then SIGKILL it.
+
+    Given an `Identity` (a recorded group), nothing is signalled unless `owned_group` proves the
+    group is ours; a bare PID is only for our own un-reaped children.
+    """
+    if isinstance(pgid, Identity):
+        if not owned_group(pgid, marker):
+            return
+        pgid = pgid.pid
     try:
         os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if not group_alive(pgid):
             return
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
 
 
-def kill_registered(registry: Path, grace: float = 2.0) -> None:
-    """Kill every process group recorded in `registry` (used when the supervisor is gone)."""
-    if not registry.is_dir():
+def kill_registered(registry: Path, grace: float = 2.0, marker: str | None = None) -> None:
+    """Kill every recorded process group in `registry` that is provably ours (the supervisor is gone).
+
+    `registry` must be a real directory (not a symlink); entries that are not a recorded identity
+    of ours are left alone, and only entries whose group is gone or killed are removed.
+    """
+    if registry.is_symlink() or not registry.is_dir():
         return
     for entry in registry.iterdir():
-        if entry.name.isdigit():
-            kill_group(int(entry.name), grace)
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
+        if not entry.name.isdigit() or entry.is_symlink():
+            continue
+        identity = read_identity(entry)
+        if identity is None or identity.pid != int(entry.name):
+            continue
+        kill_group(identity, grace, marker)
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()

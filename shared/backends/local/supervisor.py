@@ -7,6 +7,7 @@ group, and the run ends CANCELLED.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -39,12 +40,15 @@ class LogWriter:
     """Appends people-facing lines to the run's log.txt, one flush per line (readable while running)."""
 
     def __init__(self, path: Path):
-        self._fh = open(path, "a", buffering=1)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        self._fh = os.fdopen(fd, "a", buffering=1)
         self._lock = threading.Lock()
 
     def __call__(self, line: str) -> None:
+        from shared.secrets import redact
+
         with self._lock:
-            self._fh.write(line + "\n")
+            self._fh.write(redact(line) + "\n")
 
 
 def supervise(run: RunDir) -> Status:
@@ -82,7 +86,10 @@ def supervise(run: RunDir) -> Status:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from shared.backends.local import procs
+
     args = sys.argv[1:] if argv is None else argv
+    procs.private_umask()
     status = supervise(RunDir(Path(args[0])))
     return 0 if status.state is State.SUCCEEDED else 1
 
