@@ -15,8 +15,8 @@ The script ends in `exec`, so the CLI is the worker's direct child and receives 
 
 from __future__ import annotations
 
+import hashlib
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -52,14 +52,13 @@ def cli_deadline_seconds(timeout_minutes: int) -> int:
 
 @dataclass
 class ScriptWriter:
-    """Accumulates here-document reads and renders the script; one random token per script."""
+    """Accumulates the values to read from here-documents and renders the script.
 
-    token: str = field(default_factory=lambda: secrets.token_hex(12))
-    reads: list[str] = field(default_factory=list)
+    The delimiter is derived from those values when the script is rendered (see the module
+    docstring), so it is only known then; `read` hands out variable names in the meantime.
+    """
 
-    @property
-    def delimiter(self) -> str:
-        return f"KFT_{self.token}"
+    texts: list[str] = field(default_factory=list)
 
     def value(self, text: str) -> str:
         """A shell word that expands to exactly `text` after DolphinScheduler's substitution."""
@@ -69,17 +68,23 @@ class ScriptWriter:
 
     def read(self, text: str) -> str:
         """Read `text` (as substituted by DolphinScheduler) into a fresh variable; returns `$NAME`."""
-        if self.delimiter in text:  # only possible at generation time, and then we can say so
+        self.texts.append(text)
+        return f"$KFT_{len(self.texts)}"
+
+    def delimiter(self) -> str:
+        """`KFT_` and 24 hex digits of the values' digest: the same values give the same delimiter."""
+        delimiter = f"KFT_{hashlib.sha256(chr(0).join(self.texts).encode()).hexdigest()[:24]}"
+        if any(delimiter in text for text in self.texts):  # a value holding its own digest: never in practice
             raise SpecError("params", "a value contains the here-document delimiter")
-        name = f"KFT_{len(self.reads) + 1}"
-        self.reads.append(f"kft_value {name} <<'{self.delimiter}'\n{text}\n{self.delimiter}")
-        return f"${name}"
+        return delimiter
 
     def render(self, header: str, command: Sequence[str], prelude: Sequence[str] = (), exec_: bool = True) -> str:
         # A comment is still shell: no `$` (DolphinScheduler would substitute) and no line break in it.
         lines = [f"# {_COMMENT_UNSAFE.sub('_', header)}", "# Values are read from quoted here-documents: substituted text is data, never shell."]
-        if self.reads:
-            lines += [_READER, *self.reads]
+        if self.texts:
+            end = self.delimiter()
+            lines.append(_READER)
+            lines += [f"kft_value KFT_{n} <<'{end}'\n{text}\n{end}" for n, text in enumerate(self.texts, 1)]
         lines += prelude
         lines.append(("exec " if exec_ else "") + " \\\n  ".join(command))
         return "\n".join(lines) + "\n"
