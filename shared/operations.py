@@ -44,8 +44,13 @@ def submit_or_adopt(
     env: Mapping[str, str] | None = None,
     upstream_mlflow_run_id: str | None = None,
     known_id: str | None = None,
+    new_run: bool = False,
 ) -> Submission:
     """Adopt what runs or succeeded under `key`; otherwise submit a new attempt.
+
+    `new_run` says a person asked for the task to run again (an Airflow clear), not a retry: then a
+    finished success is not handed back but gets a new attempt too. Work still running is adopted
+    either way: it has no result yet, and a second copy would duplicate it.
 
     `known_id` is the backend id the caller remembered from an earlier try (Airflow's task state
     store): when it still exists under `key` it counts even if `find(key)`, which a backend may
@@ -64,7 +69,7 @@ def submit_or_adopt(
     adopt = False
     if existing is not None:
         status = call_with_retries(backend.status, existing)
-        adopt = not status.terminal or status.state is State.SUCCEEDED
+        adopt = not status.terminal or (status.state is State.SUCCEEDED and not new_run)
         attempt = existing.attempt if adopt else existing.attempt + 1
 
     uri = resolve_tracking_uri(mlflow_tracking_uri)
@@ -197,6 +202,7 @@ async def run_async(
     on_status: Callable[[Status], None] | None = None,
     on_log: Callable[[str], None] | None = None,
     known_id: str | None = None,
+    new_run: bool = False,
 ) -> Outcome:
     """Submit or adopt, follow the logs, wait with the deadline, end the MLflow run: one task's life."""
     deadline = None if timeout is None else time.time() + timeout
@@ -209,6 +215,7 @@ async def run_async(
         labels=labels,
         upstream_mlflow_run_id=upstream_mlflow_run_id,
         known_id=known_id,
+        new_run=new_run,
     )
     if on_submitted is not None:
         on_submitted(submission)

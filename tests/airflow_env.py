@@ -86,6 +86,14 @@ class AirflowEnv:
             start_new_session=True,
         )
 
+    def api(self, base_url: str, method: str, path: str, body: Mapping[str, Any]) -> Any:
+        """One call of the api-server's public REST API (no login: see `triggerer_and_api_server`)."""
+        request = urllib.request.Request(
+            base_url + path, data=json.dumps(body).encode(), method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+
     def log(self, log_name: str) -> str:
         path = self.home / log_name
         return path.read_text(errors="replace") if path.exists() else ""

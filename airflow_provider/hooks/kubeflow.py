@@ -10,9 +10,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowNotFoundException
-
+from airflow_provider.compat import AirflowNotFoundException, BaseHook
 from airflow_provider.connection import (
     CONN_TYPE,
     DEFAULT_CONN_ID,
@@ -72,7 +70,12 @@ class KubeflowHook(BaseHook):
     async def aoptions(self) -> ConnectionOptions:
         """`options` for async callers (triggers): the sync lookup would block the event loop."""
         try:
-            conn = await self.aget_connection(self.kubeflow_conn_id)
+            if hasattr(self, "aget_connection"):
+                conn = await self.aget_connection(self.kubeflow_conn_id)
+            else:  # Airflow 3.0 has no async lookup: the sync one, off the event loop as its docs ask
+                from asgiref.sync import sync_to_async
+
+                conn = await sync_to_async(self.get_connection)(self.kubeflow_conn_id)
         except AirflowNotFoundException:
             if self.kubeflow_conn_id != DEFAULT_CONN_ID:
                 raise
