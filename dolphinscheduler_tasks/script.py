@@ -9,8 +9,11 @@ random token per task, so a value cannot end the here-document early unless it c
 line. Plainly safe values (letters, digits and `_./:@%+=,-`, no `$`) are written inline: neither bash
 nor DolphinScheduler can change them.
 
-The script ends in `exec`, so the CLI is the worker's direct child and receives its SIGTERM
-(timeout) or SIGINT/SIGTERM (kill) itself, cancels the remote work and exits.
+The script ends in `exec`, so the CLI is the worker's direct child and receives the worker's
+SIGTERM on a timeout (and the SIGINT/SIGTERM of DolphinScheduler 3.4's stop) itself, cancels the
+remote work and exits. DolphinScheduler up to 3.3 stops a task with `kill -9` on its whole process
+tree, which no process can answer: the CLI runs with `--guard`, whose guard process lives outside
+that tree and cancels the work when the CLI dies without finishing (shared/guard.py).
 """
 
 from __future__ import annotations
@@ -38,15 +41,22 @@ def key_template() -> str:
     return "dolphinscheduler/${system.workflow.instance.id}/${system.task.definition.code}"
 
 
+# How long a cancel may take: the Kubernetes backend waits up to 60 s for a deleted object to go
+# (KubernetesBackend cancel_timeout), plus 15 s for the API calls' retries and the exit.
+CANCEL_BOUND_SECONDS = 75.0
+
+
 def cli_deadline_seconds(timeout_minutes: int) -> int:
     """Our own deadline for a DolphinScheduler timeout of `timeout_minutes`.
 
     DolphinScheduler's timeout kills the task (state KILL, never retried). Our deadline fires
     earlier, so the CLI cancels the remote work and exits 1 (FAILURE, retried while retries
-    remain). The margin leaves time for the cancel: 5% of the timeout, at least 15 s, at most 2 min.
+    remain). The margin leaves room for a whole cancel: 5% of the timeout but at least the cancel
+    bound (75 s) and at most 5 min; a timeout too short for that keeps half of it. Should the
+    worker still kill the CLI mid-cancel, its guard finishes the cancel.
     """
     total = timeout_minutes * 60
-    margin = min(max(total * 0.05, 15.0), 120.0)
+    margin = min(max(total * 0.05, CANCEL_BOUND_SECONDS), 300.0, total / 2)
     return max(1, int(total - margin))
 
 
@@ -151,7 +161,7 @@ def run_script(
     command += [f"{flag} {writer.value(value)}" for flag, value in options.flags()]
     if deadline_seconds is not None:
         command.append(f"--timeout {deadline_seconds}s")
-    command.append("--output setvalue")
+    command.append("--output setvalue --guard")
     return writer.render(title, command, prelude)
 
 

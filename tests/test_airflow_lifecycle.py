@@ -244,12 +244,13 @@ def test_retry_adopts_the_work_of_a_try_whose_worker_died_or_shut_down(executor_
         # The tasks' own processes: the task runner titles them `airflow worker -- <ti id>` (the executor's
         # workers, which host the supervisors, are titled `airflow worker -- LocalExecutor: ...`).
         title = re.compile(r"airflow worker -- ([0-9a-f-]{36})")
-        ti_ids = dict(env.query("SELECT id, task_id FROM task_instance WHERE dag_id = 'kft_retry'"))
+        rows = env.query("SELECT id, task_id FROM task_instance WHERE dag_id = 'kft_retry'")
+        ti_ids = {str(ti_id).replace("-", ""): task_id for ti_id, task_id in rows}  # SQLite keeps bare hex
         workers = {}
         for proc in psutil.Process(run.pid).children(recursive=True):
             found = title.fullmatch((proc.cmdline() or [""])[0])
-            if found and found.group(1) in ti_ids:
-                workers[ti_ids[found.group(1)]] = proc
+            if found and found.group(1).replace("-", "") in ti_ids:
+                workers[ti_ids[found.group(1).replace("-", "")]] = proc
         workers["adopter"].kill()  # SIGKILL: no on_kill, nothing cancelled; Airflow fails the try and retries
         workers["survivor"].terminate()  # SIGTERM while the server has it running: a worker shutting down
         run.wait(240)

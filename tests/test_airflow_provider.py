@@ -117,3 +117,19 @@ def test_a_kfp_pipeline_object_is_referenced_by_its_importable_name() -> None:
 
     with pytest.raises(SpecError, match="^spec: pipeline .* must be a top-level function"):
         pipeline_reference(local_pipeline)
+
+
+@pytest.mark.e2e
+def test_airflow_connections_test_reaches_the_cluster_or_says_why_not_in_one_line(tmp_path: Path, k8s_double) -> None:
+    env = new_airflow(tmp_path, AIRFLOW__CORE__TEST_CONNECTION="Enabled")
+    kubeconfig = str(k8s_double.write_kubeconfig(tmp_path / "kubeconfig"))
+    extra = {"backend": "kubernetes", "kubeconfig_path": kubeconfig, "namespace": "default"}
+    env.set_connection("kf_ok", "kubeflow", extra, host=k8s_double.kfp_url, password=k8s_double.kfp_token)
+    env.set_connection("kf_bad", "kubeflow", extra, host=k8s_double.kfp_url, password="wrong-s3cret")
+    ok = env.airflow("connections", "test", "kf_ok", check=False)
+    assert ok.returncode == 0 and "Connection success!" in ok.stdout, ok.stdout + ok.stderr[-3000:]
+    bad = env.airflow("connections", "test", "kf_bad", check=False)
+    assert bad.returncode == 1, bad.stdout
+    reason = bad.stdout.split("Connection failed!", 1)[1].strip()
+    assert reason and "\n" not in reason and "Traceback" not in bad.stdout + bad.stderr
+    assert "wrong-s3cret" not in bad.stdout + bad.stderr

@@ -170,11 +170,12 @@ def test_timeout_strategy_decides_whether_the_cli_has_its_own_deadline():
                                 timeout_notify_strategy="WARN")
         none = KubeflowPipeline(name="c", spec=COMMODITY / "pipeline_run.yaml")
     assert failed.get_define()["timeoutNotifyStrategy"] == "FAILED"
-    assert "--timeout 570s" in failed.get_define()["taskParams"]["rawScript"]  # 30 s before the kill
+    assert "--timeout 525s" in failed.get_define()["taskParams"]["rawScript"]  # 75 s (a whole cancel) before the kill
     assert "--timeout" not in warn.get_define()["taskParams"]["rawScript"]  # WARN never kills
     assert none.get_define()["timeoutFlag"] == "CLOSE"
     assert "--timeout" not in none.get_define()["taskParams"]["rawScript"]
-    assert cli_deadline_seconds(1) == 45 and cli_deadline_seconds(600) == 600 * 60 - 120
+    assert cli_deadline_seconds(1) == 30 and cli_deadline_seconds(60) == 3600 - 180
+    assert cli_deadline_seconds(600) == 600 * 60 - 300
 
 
 def test_cluster_options_reach_the_cli_and_a_dict_spec_is_embedded(tmp_path):

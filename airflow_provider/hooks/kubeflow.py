@@ -92,6 +92,26 @@ class KubeflowHook(BaseHook):
             mask_secret(secret)
         return options
 
+    def test_connection(self) -> tuple[bool, str]:
+        """Airflow's "Test" button and `airflow connections test`: reach the backend (the cluster's
+        custom resources and, when configured, the KFP API) with this connection's credentials.
+
+        The answer is one line, and never holds the connection's secrets.
+        """
+        options = None
+        try:
+            options = self.options
+            backend = self.backend_for(options)
+            found = backend.list()
+        except Exception as exc:  # the reason, for a person reading the form
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            message = lines[0][:300]
+            for secret in options.secrets() if options else ():
+                message = message.replace(secret, "***")
+            return False, message
+        where = f"KFP at {options.kfp_host} and the cluster" if options.kfp_host else f"the {backend.name} backend"
+        return True, f"reached {where}: {len(found)} runs and jobs of kubeflow-tasks visible"
+
     def get_conn(self) -> Backend:
         return self.backend_for(self.options)
 
