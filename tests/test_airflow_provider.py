@@ -133,3 +133,32 @@ def test_airflow_connections_test_reaches_the_cluster_or_says_why_not_in_one_lin
     reason = bad.stdout.split("Connection failed!", 1)[1].strip()
     assert reason and "\n" not in reason and "Traceback" not in bad.stdout + bad.stderr
     assert "wrong-s3cret" not in bad.stdout + bad.stderr
+
+
+def test_labels_and_annotations_reach_the_remote_object_and_bad_ones_are_one_line(tmp_path: Path, k8s_double) -> None:
+    from shared.backends.kubernetes import KubernetesBackend
+    from shared.operations import submit_or_adopt
+
+    specs = ROOT / "dags" / "commodity"
+    values = {"data_path": "/d", "learning_rate": "0.1", "num_estimators": "20"}
+    job = resolve_spec(Kind.TRAINING_JOB, "pytorchjob.yaml", params=values, name=None, base_dir=str(specs),
+                       labels={"team": "forecasting", "example.com/cost-center": "ml-42"},
+                       annotations={"example.com/owner": "Ana <ana@example.com>"})
+    backend = KubernetesBackend(kubeconfig=str(k8s_double.write_kubeconfig(tmp_path / "kubeconfig")))
+    submit_or_adopt(backend, job, "dag/train/run/-1")
+    (created,) = k8s_double.objects("pytorchjobs")
+    meta = created["metadata"]
+    assert meta["labels"]["team"] == "forecasting" and meta["labels"]["example.com/cost-center"] == "ml-42"
+    assert meta["annotations"]["example.com/owner"] == "Ana <ana@example.com>"
+    assert "kubeflow-tasks.dev/key-hash" in meta["labels"]  # ours are kept beside them
+
+    bad = [
+        ({"labels": {"team": "a b"}}, Kind.TRAINING_JOB, "labels: value 'a b' of 'team'"),
+        ({"labels": {"-x": "1"}}, Kind.TRAINING_JOB, "labels: '-x' is not a Kubernetes key"),
+        ({"annotations": {"a": "1"}}, Kind.PIPELINE, "annotations: a KFP run has no labels"),
+    ]
+    for extra, kind, message in bad:
+        spec = "pytorchjob.yaml" if kind is Kind.TRAINING_JOB else "pipeline_run.yaml"
+        with pytest.raises(SpecError) as err:
+            resolve_spec(kind, spec, params=values, name=None, base_dir=str(specs), **extra)
+        assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -63,6 +63,8 @@ class KubeflowBaseOperator(BaseOperator):
         local backend when no such connection exists. Templated.
     :param namespace: the namespace of the work (backend kubernetes) instead of the connection's;
         still subject to its allowed namespaces. Templated.
+    :param labels: Kubernetes labels for the remote object (training jobs and experiments). Templated.
+    :param annotations: Kubernetes annotations for the remote object (likewise). Templated.
     :param upstream_mlflow_run_id: the MLflow run of the previous task, recorded on this task's run
         so the lineage continues. Templated.
     :param deferrable: wait in the triggerer instead of a worker slot (recommended for long work).
@@ -73,7 +75,16 @@ class KubeflowBaseOperator(BaseOperator):
 
     kind: ClassVar[Kind]
     resource: ClassVar[str | None] = None  # PyTorchJob / TFJob for the training-job operators
-    template_fields = ("spec", "spec_params", "spec_name", "kubeflow_conn_id", "namespace", "upstream_mlflow_run_id")
+    template_fields = (
+        "spec",
+        "spec_params",
+        "spec_name",
+        "kubeflow_conn_id",
+        "namespace",
+        "labels",
+        "annotations",
+        "upstream_mlflow_run_id",
+    )
     template_fields_renderers = {"spec": "json", "spec_params": "json"}
     ui_color = "#d6e4f5"
 
@@ -85,6 +96,8 @@ class KubeflowBaseOperator(BaseOperator):
         name: str | None = None,
         kubeflow_conn_id: str = DEFAULT_CONN_ID,
         namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
         upstream_mlflow_run_id: str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         cancel_on_kill: bool = True,
@@ -97,6 +110,8 @@ class KubeflowBaseOperator(BaseOperator):
         self.spec_name = name
         self.kubeflow_conn_id = kubeflow_conn_id
         self.namespace = namespace
+        self.labels = dict(labels or {})
+        self.annotations = dict(annotations or {})
         self.upstream_mlflow_run_id = upstream_mlflow_run_id
         self.deferrable = deferrable
         self.cancel_on_kill = cancel_on_kill
@@ -122,7 +137,15 @@ class KubeflowBaseOperator(BaseOperator):
         from shared.specs import require_resource
 
         base_dir = os.path.dirname(os.path.abspath(self.dag.fileloc)) if self.has_dag() else os.getcwd()
-        spec = resolve_spec(self.kind, self.spec, params=self.spec_params, name=self.spec_name, base_dir=base_dir)
+        spec = resolve_spec(
+            self.kind,
+            self.spec,
+            params=self.spec_params,
+            name=self.spec_name,
+            base_dir=base_dir,
+            labels=self.labels,
+            annotations=self.annotations,
+        )
         return require_resource(spec, self.resource, type(self).__name__)
 
     @staticmethod
