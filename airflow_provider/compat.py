@@ -26,11 +26,13 @@ def _version(text: str) -> tuple[int, int]:
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
 
 
+AIRFLOW_MINOR = _version(AIRFLOW_VERSION)  # (3, 0) for 3.0.6
 # A deferred task's trigger gets `on_kill` when the user marks the task failed or success or clears
 # it (apache/airflow#65590); before 3.3 only the deadline cancels deferred work.
-TRIGGER_ON_KILL = _version(AIRFLOW_VERSION) >= (3, 3)
+TRIGGER_ON_KILL = AIRFLOW_MINOR >= (3, 3)
 
 __all__ = [
+    "AIRFLOW_MINOR",
     "AIRFLOW_VERSION",
     "TRIGGER_ON_KILL",
     "AirflowException",

@@ -49,6 +49,7 @@ class AirflowEnv:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",  # LocalExecutor starts this many workers
             "AIRFLOW__API_AUTH__JWT_SECRET": "kubeflow-tasks-tests-only",
+            "AIRFLOW__API_AUTH__JWT_ISSUER": "kubeflow-tasks-tests",  # Airflow 3.0 sends none, which PyJWT refuses
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "KUBEFLOW_TASKS_STATE_DIR": str(self.state_dir),
@@ -56,6 +57,10 @@ class AirflowEnv:
             **self.extra_env,
         }
         return env
+
+    def airflow_json(self, *args: str) -> Any:
+        """An Airflow command's `--output json` answer (Airflow 3.0 prints log lines before it)."""
+        return json.loads(self.airflow(*args, "--output", "json").stdout.strip().splitlines()[-1])
 
     def set_connection(self, conn_id: str, conn_type: str, extra: Mapping[str, Any], **fields: str) -> None:
         """A connection through the standard AIRFLOW_CONN_<ID> variable (JSON form)."""

@@ -104,8 +104,11 @@ class KubeflowHook(BaseHook):
             backend = self.backend_for(options)
             found = backend.list()
         except Exception as exc:  # the reason, for a person reading the form
-            lines = str(exc).strip().splitlines() or [type(exc).__name__]
-            message = lines[0][:300]
+            status, reason = getattr(exc, "status", None), getattr(exc, "reason", None)
+            if isinstance(status, int) and reason:  # a client's ApiException: its first line is "(401)"
+                message = f"{type(exc).__name__}: HTTP {status} {reason}"
+            else:
+                message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             for secret in options.secrets() if options else ():
                 message = message.replace(secret, "***")
             return False, message
