@@ -34,7 +34,7 @@ test: $(STAMP)
 $(OLDEST_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(OLDEST_VENV)/bin/python -m pip install --quiet -e '.[airflow,dev,local,kubernetes]' 'apache-airflow==$(AIRFLOW_OLDEST)' \
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -e '.[airflow,openlineage,dev,local,kubernetes]' 'apache-airflow==$(AIRFLOW_OLDEST)' \
 		-c .ci/airflow-oldest-constraints.txt
 	touch $@
 

@@ -203,7 +203,7 @@ def triggerer_and_api_server(env: AirflowEnv) -> Iterator[str]:
     env.extra_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
     env.extra_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
     triggerer = env.start("triggerer", log_name="triggerer.log")
-    api = env.start("api-server", "--host", "127.0.0.1", "--port", str(port), log_name="api-server.log")
+    api = env.start("api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", log_name="api-server.log")
 
     def healthy() -> bool:
         try:

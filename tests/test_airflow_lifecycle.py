@@ -99,6 +99,9 @@ with DAG("kft_retry", **CONF):
     job("adopter", 20, deferrable=False, retries=1, retry_delay=timedelta(seconds=1))
     job("survivor", 20, deferrable=False, retries=1, retry_delay=timedelta(seconds=1))
 
+with DAG("kft_lineage", **CONF):
+    job("traced", 1, deferrable=False)
+
 with DAG("kft_clear", **CONF):
     job("trained", 1, deferrable=False)
     job("kept", 1, deferrable=False, rerun_on_clear=False)
@@ -183,6 +186,25 @@ def test_execution_timeout_cancels_the_remote_work_of_a_sync_task(tmp_path: Path
     assert env.task_states("kft_timeout") == {"overdue": "failed"}, output[-4000:]
     assert_cancelled_and_gone(env, tmp_path, "overdue", "overdue")
     assert "cancelled PyTorchJob" in output
+
+
+def test_openlineage_events_carry_the_work_and_its_mlflow_run(tmp_path: Path, mlflow_server: str) -> None:
+    events_file = tmp_path / "openlineage.jsonl"
+    env = make_airflow(tmp_path)
+    env.extra_env["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps({"type": "file", "log_file_path": str(events_file), "append": True})
+    env.set_connection("kubeflow_default", "kubeflow", {"mlflow_tracking_uri": mlflow_server, "state_dir": str(env.state_dir)})
+    code, output = run_to_end(env, "dags", "test", "kft_lineage", "-c", conf(tmp_path), log_name="lineage.log")
+    assert env.task_states("kft_lineage") == {"traced": "success"}, output[-4000:]
+    xcoms = env.xcoms("kft_lineage", "traced")
+    wait_until(events_file.exists, 30, "OpenLineage events")
+    events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+    (complete,) = [e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"] == "kft_lineage.traced"]
+    kubeflow = complete["job"]["facets"].get("kubeflow")
+    assert kubeflow and kubeflow["resource"] == "PyTorchJob" and kubeflow["name"] == xcoms["name"], complete
+    assert complete["run"]["facets"]["externalQuery"]["externalQueryId"] == xcoms["remote_id"]
+    (mlflow_run,) = complete["outputs"]
+    assert mlflow_run["namespace"] == mlflow_server
+    assert mlflow_run["name"] == f"experiments/{xcoms['mlflow_experiment_id']}/runs/{xcoms['mlflow_run_id']}"
 
 
 def test_marking_a_running_task_failed_cancels_its_work(executor_airflow: tuple[AirflowEnv, Path, str]) -> None:

@@ -359,6 +359,17 @@ class KubeflowBaseOperator(BaseOperator):
         finish(self._submission, status)
         return self._complete(context, handle, status)
 
+    # ------------------------------------------------------------------ lineage
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (when its provider is installed): the work as job facets, the MLflow run as output."""
+        from airflow_provider.lineage import operator_lineage
+
+        return operator_lineage(self._submission)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return self.get_openlineage_facets_on_complete(task_instance)
+
     # ------------------------------------------------------------------ kill
 
     def on_kill(self) -> None:
