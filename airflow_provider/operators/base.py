@@ -231,13 +231,16 @@ class KubeflowBaseOperator(BaseOperator):
             signalled.cancel()
             if not run.done():
                 state = server_state(context["ti"])
-                if state in (RUNNING, None) or not self.cancel_on_kill:
+                what = self._submission.handle.id if self._submission else "the work"
+                if state in (RUNNING, None):
                     run.cancel()
-                    what = self._submission.handle.id if self._submission else "the work"
                     raise AirflowException(
                         f"SIGTERM while the task instance is {state or 'of unknown state'} on the server "
                         f"(a worker shutting down, not a user's stop): {what} keeps running for the next try to adopt"
                     )
+                if not self.cancel_on_kill:
+                    run.cancel()
+                    raise AirflowException(f"stopped by the user ({state}); cancel_on_kill=False leaves {what} running")
                 self.log.info("SIGTERM and the task instance is %s on the server: cancelling the work", state)
                 cancel.set()
             return await run
