@@ -9,7 +9,7 @@ lives in `extra`, under the field name or the legacy `extra__kubeflow__<field>` 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -157,6 +157,12 @@ class ConnectionOptions:
                 raise SpecError("in_cluster", "only applies with backend kubernetes")
         elif self.state_dir:
             raise SpecError("state_dir", "only applies with backend local")
+
+    def with_namespace(self, namespace: str) -> ConnectionOptions:
+        """These options with another default namespace (an operator's `namespace=`), checked again."""
+        options = replace(self, namespace=namespace)
+        options._check()
+        return options
 
     def backend_options(self) -> dict[str, Any]:
         """Keyword arguments for `shared.backends.get_backend(self.backend, ...)`."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import BaseOperatorLink
+from airflow_provider.compat import BaseOperatorLink
 
 XCOM_KFP_RUN_URL = "kfp_run_url"
 XCOM_MLFLOW_RUN_URL = "mlflow_run_url"

@@ -62,18 +62,18 @@ with DAG(
     baseline = KubeflowPipelineRunOperator(
         task_id="baseline_pipeline",
         spec=str(SPECS / "pipeline_run.yaml"),
-        params={"data_path": DATA_PATH},
+        spec_params={"data_path": DATA_PATH},
     )
     hpo = KatibExperimentOperator(
         task_id="hpo",
         spec=str(SPECS / "experiment.yaml"),
-        params={"data_path": DATA_PATH},
+        spec_params={"data_path": DATA_PATH},
         upstream_mlflow_run_id=_upstream("baseline_pipeline"),
     )
     train = PyTorchJobOperator(
         task_id="train",
         spec=str(SPECS / "pytorchjob.yaml"),
-        params={
+        spec_params={
             "data_path": DATA_PATH,
             "learning_rate": _best("learning_rate"),
             "num_estimators": _best("num_estimators"),

@@ -9,14 +9,17 @@ random token per task, so a value cannot end the here-document early unless it c
 line. Plainly safe values (letters, digits and `_./:@%+=,-`, no `$`) are written inline: neither bash
 nor DolphinScheduler can change them.
 
-The script ends in `exec`, so the CLI is the worker's direct child and receives its SIGTERM
-(timeout) or SIGINT/SIGTERM (kill) itself, cancels the remote work and exits.
+The script ends in `exec`, so the CLI is the worker's direct child and receives the worker's
+SIGTERM on a timeout (and the SIGINT/SIGTERM of DolphinScheduler 3.4's stop) itself, cancels the
+remote work and exits. DolphinScheduler up to 3.3 stops a task with `kill -9` on its whole process
+tree, which no process can answer: the CLI runs with `--guard`, whose guard process lives outside
+that tree and cancels the work when the CLI dies without finishing (shared/guard.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -38,28 +41,34 @@ def key_template() -> str:
     return "dolphinscheduler/${system.workflow.instance.id}/${system.task.definition.code}"
 
 
+# How long a cancel may take: the Kubernetes backend waits up to 60 s for a deleted object to go
+# (KubernetesBackend cancel_timeout), plus 15 s for the API calls' retries and the exit.
+CANCEL_BOUND_SECONDS = 75.0
+
+
 def cli_deadline_seconds(timeout_minutes: int) -> int:
     """Our own deadline for a DolphinScheduler timeout of `timeout_minutes`.
 
     DolphinScheduler's timeout kills the task (state KILL, never retried). Our deadline fires
     earlier, so the CLI cancels the remote work and exits 1 (FAILURE, retried while retries
-    remain). The margin leaves time for the cancel: 5% of the timeout, at least 15 s, at most 2 min.
+    remain). The margin leaves room for a whole cancel: 5% of the timeout but at least the cancel
+    bound (75 s) and at most 5 min; a timeout too short for that keeps half of it. Should the
+    worker still kill the CLI mid-cancel, its guard finishes the cancel.
     """
     total = timeout_minutes * 60
-    margin = min(max(total * 0.05, 15.0), 120.0)
+    margin = min(max(total * 0.05, CANCEL_BOUND_SECONDS), 300.0, total / 2)
     return max(1, int(total - margin))
 
 
 @dataclass
 class ScriptWriter:
-    """Accumulates here-document reads and renders the script; one random token per script."""
+    """Accumulates the values to read from here-documents and renders the script.
 
-    token: str = field(default_factory=lambda: secrets.token_hex(12))
-    reads: list[str] = field(default_factory=list)
+    The delimiter is derived from those values when the script is rendered (see the module
+    docstring), so it is only known then; `read` hands out variable names in the meantime.
+    """
 
-    @property
-    def delimiter(self) -> str:
-        return f"KFT_{self.token}"
+    texts: list[str] = field(default_factory=list)
 
     def value(self, text: str) -> str:
         """A shell word that expands to exactly `text` after DolphinScheduler's substitution."""
@@ -69,17 +78,23 @@ class ScriptWriter:
 
     def read(self, text: str) -> str:
         """Read `text` (as substituted by DolphinScheduler) into a fresh variable; returns `$NAME`."""
-        if self.delimiter in text:  # only possible at generation time, and then we can say so
+        self.texts.append(text)
+        return f"$KFT_{len(self.texts)}"
+
+    def delimiter(self) -> str:
+        """`KFT_` and 24 hex digits of the values' digest: the same values give the same delimiter."""
+        delimiter = f"KFT_{hashlib.sha256(chr(0).join(self.texts).encode()).hexdigest()[:24]}"
+        if any(delimiter in text for text in self.texts):  # a value holding its own digest: never in practice
             raise SpecError("params", "a value contains the here-document delimiter")
-        name = f"KFT_{len(self.reads) + 1}"
-        self.reads.append(f"kft_value {name} <<'{self.delimiter}'\n{text}\n{self.delimiter}")
-        return f"${name}"
+        return delimiter
 
     def render(self, header: str, command: Sequence[str], prelude: Sequence[str] = (), exec_: bool = True) -> str:
         # A comment is still shell: no `$` (DolphinScheduler would substitute) and no line break in it.
         lines = [f"# {_COMMENT_UNSAFE.sub('_', header)}", "# Values are read from quoted here-documents: substituted text is data, never shell."]
-        if self.reads:
-            lines += [_READER, *self.reads]
+        if self.texts:
+            end = self.delimiter()
+            lines.append(_READER)
+            lines += [f"kft_value KFT_{n} <<'{end}'\n{text}\n{end}" for n, text in enumerate(self.texts, 1)]
         lines += prelude
         lines.append(("exec " if exec_ else "") + " \\\n  ".join(command))
         return "\n".join(lines) + "\n"
@@ -148,7 +163,7 @@ def run_script(
     command += [f"{flag} {writer.value(value)}" for flag, value in options.flags()]
     if deadline_seconds is not None:
         command.append(f"--timeout {deadline_seconds}s")
-    command.append("--output setvalue")
+    command.append("--output setvalue --guard")
     return writer.render(title, command, prelude)
 
 

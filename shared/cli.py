@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--detach", action="store_true", help="return once submitted, without waiting")
     run.add_argument("--output", choices=OUTPUTS, default="text")
     run.add_argument("--quiet", action="store_true", help="no progress or log lines on stderr")
+    run.add_argument("--guard", action="store_true",
+                     help="start a guard outside this process tree that cancels the work if this process is killed "
+                          "(SIGKILL) before it finishes: what DolphinScheduler's stop does")
     backend_args(run)
 
     status = sub.add_parser("status", help="show the state of a run")
@@ -168,10 +171,8 @@ def emit(data: dict[str, Any], output: str, names: Sequence[str] | None = None) 
         print(f"{name}: {text}", flush=True)
 
 
-def backend_from(args: argparse.Namespace):
-    """The backend named by --backend, with the cluster options when it is kubernetes."""
-    from shared.backends import get_backend
-
+def backend_options(args: argparse.Namespace) -> dict[str, str]:
+    """The cluster options given with --backend kubernetes."""
     options = {}
     for option in KUBERNETES_OPTIONS:
         value = getattr(args, option[2:].replace("-", "_"), None)
@@ -180,7 +181,14 @@ def backend_from(args: argparse.Namespace):
         if args.backend != "kubernetes":
             raise SpecError(option, "only applies with --backend kubernetes")
         options[option[2:].replace("-", "_")] = value
-    return get_backend(args.backend, **options)
+    return options
+
+
+def backend_from(args: argparse.Namespace):
+    """The backend named by --backend, with the cluster options when it is kubernetes."""
+    from shared.backends import get_backend
+
+    return get_backend(args.backend, **backend_options(args))
 
 
 def resolve_target(backend, args: argparse.Namespace) -> Handle:
@@ -232,8 +240,14 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
     shown = defuse if args.output == "setvalue" else str
     log_line = None if args.quiet else (lambda line: print(shown(line), file=sys.stderr, flush=True))
 
+    guards = []
+
     def submitted(submission) -> None:
         _announce(submission, progress)
+        if args.guard and not args.detach:
+            from shared.guard import start_guard
+
+            guards.append(start_guard(submission.handle.to_dict(), args.backend, backend_options(args), submission.mlflow))
         if args.output == "setvalue":  # the ids right away, so a killed task still shows what it started
             emit(
                 {**submission.handle.to_dict(), "mlflow_run_id": submission.mlflow_run_id}, args.output, names
@@ -272,21 +286,25 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, cancel_requested.set)
-    outcome = await run_async(
-        backend,
-        spec,
-        key,
-        mlflow_tracking_uri=args.mlflow_tracking_uri,
-        upstream_mlflow_run_id=args.mlflow_upstream_run_id,
-        mlflow_experiment=args.mlflow_experiment,
-        credentials_secret=args.mlflow_credentials_secret,
-        timeout=timeout,
-        startup_timeout=args.startup_timeout,
-        cancel_requested=cancel_requested,
-        on_submitted=submitted,
-        on_status=on_status,
-        on_log=log_line,
-    )
+    try:
+        outcome = await run_async(
+            backend,
+            spec,
+            key,
+            mlflow_tracking_uri=args.mlflow_tracking_uri,
+            upstream_mlflow_run_id=args.mlflow_upstream_run_id,
+            mlflow_experiment=args.mlflow_experiment,
+            credentials_secret=args.mlflow_credentials_secret,
+            timeout=timeout,
+            startup_timeout=args.startup_timeout,
+            cancel_requested=cancel_requested,
+            on_submitted=submitted,
+            on_status=on_status,
+            on_log=log_line,
+        )
+    finally:  # we end on purpose (even on an error: a retry adopts): only a kill leaves the guard to cancel
+        for guard in guards:
+            guard.done()
     status = outcome.status
     if cancel_requested.is_set():
         progress("cancelled on signal")

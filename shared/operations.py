@@ -63,8 +63,13 @@ def submit_or_adopt(
     deadline: float | None = None,
     mlflow_experiment: str | None = None,
     credentials_secret: str | None = None,
+    new_run: bool = False,
 ) -> Submission:
     """Adopt what runs or succeeded under `key`; otherwise submit a new attempt.
+
+    `new_run` says a person asked for the task to run again (an Airflow clear), not a retry: then a
+    finished success is not handed back but gets a new attempt too. Work still running is adopted
+    either way: it has no result yet, and a second copy would duplicate it.
 
     `known_id` is the backend id the caller remembered from an earlier try (Airflow's task state
     store): when it still exists under `key` it counts even if `find(key)`, which a backend may
@@ -85,7 +90,7 @@ def submit_or_adopt(
     with deadline_scope(deadline):
         return _submit_or_adopt(
             backend, spec, key, mlflow_tracking_uri, labels, env, upstream_mlflow_run_id, known_id, deadline,
-            mlflow_experiment, credentials_secret,
+            mlflow_experiment, credentials_secret, new_run,
         )
 
 
@@ -101,6 +106,7 @@ def _submit_or_adopt(
     deadline: float | None,
     mlflow_experiment: str | None,
     credentials_secret: str | None,
+    new_run: bool,
 ) -> Submission:
     from shared.fingerprint import fingerprint_of
     from shared.mlflow_handoff import (
@@ -120,7 +126,7 @@ def _submit_or_adopt(
     if existing is not None:
         _check_same_kind(existing, spec, key)
         status = backend.status(existing)
-        adopt = not status.terminal or status.state is State.SUCCEEDED
+        adopt = not status.terminal or (status.state is State.SUCCEEDED and not new_run)
         if adopt:
             _check_same_spec(backend, existing, spec, key, status)
         attempt = existing.attempt if adopt else existing.attempt + 1
@@ -424,6 +430,7 @@ async def run_async(
     startup_timeout: float | None = None,
     mlflow_experiment: str | None = None,
     credentials_secret: str | None = None,
+    new_run: bool = False,
 ) -> Outcome:
     """Submit or adopt, follow the logs, wait with the deadline, end the MLflow run: one task's life."""
     deadline = None if timeout is None else time.time() + timeout
@@ -439,6 +446,7 @@ async def run_async(
         deadline=deadline,
         mlflow_experiment=mlflow_experiment,
         credentials_secret=credentials_secret,
+        new_run=new_run,
     )
     if on_submitted is not None:
         on_submitted(submission)

@@ -49,6 +49,7 @@ class AirflowEnv:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",  # LocalExecutor starts this many workers
             "AIRFLOW__API_AUTH__JWT_SECRET": "kubeflow-tasks-tests-only",
+            "AIRFLOW__API_AUTH__JWT_ISSUER": "kubeflow-tasks-tests",  # Airflow 3.0 sends none, which PyJWT refuses
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "KUBEFLOW_TASKS_STATE_DIR": str(self.state_dir),
@@ -56,6 +57,10 @@ class AirflowEnv:
             **self.extra_env,
         }
         return env
+
+    def airflow_json(self, *args: str) -> Any:
+        """An Airflow command's `--output json` answer (Airflow 3.0 prints log lines before it)."""
+        return json.loads(self.airflow(*args, "--output", "json").stdout.strip().splitlines()[-1])
 
     def set_connection(self, conn_id: str, conn_type: str, extra: Mapping[str, Any], **fields: str) -> None:
         """A connection through the standard AIRFLOW_CONN_<ID> variable (JSON form)."""
@@ -85,6 +90,14 @@ class AirflowEnv:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def api(self, base_url: str, method: str, path: str, body: Mapping[str, Any]) -> Any:
+        """One call of the api-server's public REST API (no login: see `triggerer_and_api_server`)."""
+        request = urllib.request.Request(
+            base_url + path, data=json.dumps(body).encode(), method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
 
     def log(self, log_name: str) -> str:
         path = self.home / log_name
@@ -190,7 +203,7 @@ def triggerer_and_api_server(env: AirflowEnv) -> Iterator[str]:
     env.extra_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
     env.extra_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
     triggerer = env.start("triggerer", log_name="triggerer.log")
-    api = env.start("api-server", "--host", "127.0.0.1", "--port", str(port), log_name="api-server.log")
+    api = env.start("api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", log_name="api-server.log")
 
     def healthy() -> bool:
         try:

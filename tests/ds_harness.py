@@ -17,7 +17,10 @@ What a 3.2/3.3 worker does with a SHELL task, and what this harness does the sam
 - the end: exit 0 is SUCCESS, 137 or 143 (SIGKILL, SIGTERM) is KILL, anything else FAILURE;
   FAILURE is retried `failRetryTimes` times (after `failRetryInterval` minutes, scaled here), KILL
   never; with timeoutFlag OPEN and strategy FAILED/WARNFAILED the worker sends SIGTERM to the
-  script at the timeout and SIGKILL 5 s later (state KILL);
+  script's process at the timeout (`process.destroy()`: the direct child only) and SIGKILL 5 s
+  later (state KILL);
+- a stop from the UI or API (`TaskRun.stop()`), as TaskInstanceKillOperationFunction does up to
+  3.3: `kill -9` on every pid that `pstree -p <pid>` lists for the task's process;
 - failover: when a worker is lost, the master dispatches the same task instance again (same
   workflow instance id and task code); `TaskRun.lose_worker()` plus `Worker.run()` model that.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -36,8 +40,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 SUCCESS, FAILURE, KILL = "SUCCESS", "FAILURE", "KILL"
 _ids = itertools.count(1000)
+HOST_MARKER = "KFT_HARNESS_HOST"  # in every task's environment: which emulated host ran it
 
 
 # ------------------------------------------------------------------ ${...} substitution (Spring's helper)
@@ -171,6 +178,7 @@ class TaskRun:
     """One attempt of one task: a `bash` process whose merged output is parsed as it arrives."""
 
     def __init__(self, script: Path, env: Mapping[str, str], timeout_s: float | None):
+        self.env = dict(env)
         self.lines: list[str] = []
         self.parser = OutputParser()
         self._seen = threading.Condition()
@@ -227,9 +235,27 @@ class TaskRun:
         """What the worker's kill does: a signal to the script's process (bash, or what it exec'd)."""
         self.proc.send_signal(sig)
 
+    def stop(self) -> None:
+        """A stop from the UI or API on 3.2/3.3: `kill -9` of the task's process tree, found with pstree."""
+        tree = subprocess.run(["pstree", "-p", str(self.proc.pid)], capture_output=True, text=True).stdout
+        pids = re.findall(r"\((\d+)\)", tree)
+        if pids:
+            subprocess.run(["kill", "-9", *pids], capture_output=True)
+
     def lose_worker(self) -> None:
-        """The worker host dies: everything it ran is SIGKILLed at once, no cleanup anywhere."""
+        """The worker host dies: everything it ran is SIGKILLed at once, no cleanup anywhere.
+
+        That is the task's process group and the guards its CLIs started outside it (the local
+        backend's runs stand in for remote work, so they live on).
+        """
         os.killpg(self.proc.pid, signal.SIGKILL)
+        host = self.env.get(HOST_MARKER)
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if "shared.guard" in (proc.info["cmdline"] or []) and proc.environ().get(HOST_MARKER) == host:
+                    proc.kill()
+            except psutil.Error:
+                pass
 
     def wait(self, timeout: float = 600) -> Attempt:
         code = self.proc.wait(timeout)
@@ -304,7 +330,7 @@ class Worker:
         timeout_s = None
         if task.get("timeoutFlag") == "OPEN" and task.get("timeoutNotifyStrategy") in ("FAILED", "WARNFAILED"):
             timeout_s = float(task["timeout"]) * 60
-        return TaskRun(script, self.env, timeout_s)
+        return TaskRun(script, {**self.env, HOST_MARKER: str(self.workflow_instance_id)}, timeout_s)
 
     def run(
         self,

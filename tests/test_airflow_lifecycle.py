@@ -3,18 +3,22 @@
 - deferrable: the task defers, a separate `airflow triggerer` process runs the trigger (tasks run
   through `airflow dags test --use-executor`, i.e. LocalExecutor workers reporting to a real
   api-server), the task resumes and completes; a passing execution_timeout while deferred cancels;
-- sync: SIGTERM to the task's process (what Airflow's supervisor sends on a kill) and a passing
-  execution_timeout both cancel the remote work, and no replica process is left;
-- a try whose worker dies mid-wait (SIGKILL, so no `on_kill`) is retried by Airflow, and the
-  retry adopts the running work: no duplicate.
+- a user's stop cancels: marking a running task failed through the REST API (sync: the supervisor's
+  SIGTERM, and the server says the task instance is no longer running; deferred: the trigger's
+  `on_kill`, Airflow 3.3+ — before, the work is left running, as the task log says), and a passing
+  execution_timeout cancels the remote work too, and no replica process is left;
+- a worker going away is not a stop: a try whose worker dies mid-wait (SIGKILL, so no `on_kill`) or
+  whose process gets SIGTERM while the server still has it running (a worker shutdown) fails, and
+  the retry adopts the running work: no duplicate;
+- a clear reruns: after a run, the REST call of the UI's Clear and a real `airflow scheduler`: the
+  first try after it submits a new attempt of a succeeded task, unless `rerun_on_clear=False`; a
+  retry within that new sequence still adopts.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +28,7 @@ import psutil
 import pytest
 from airflow_env import ROOT, AirflowEnv, new_airflow, run_to_end, stop, triggerer_and_api_server, wait_until
 
+from airflow_provider.compat import AIRFLOW_MINOR, TRIGGER_ON_KILL
 from shared.backends.local import LocalBackend
 from shared.status import State
 
@@ -33,6 +38,7 @@ DAGS = '''
 """Test DAGs for the Kubeflow provider (written by tests/test_airflow_lifecycle.py)."""
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from airflow.sdk import DAG
 
@@ -55,9 +61,23 @@ def sleeper(name):
     }
 
 
-def job(task_id, sleep, **kwargs):
-    params = {"pid_dir": "{{ dag_run.conf['pid_dir'] }}/" + task_id, "sleep": str(sleep)}
-    return PyTorchJobOperator(task_id=task_id, spec=sleeper(task_id.replace("_", "-")), params=params, **kwargs)
+def job(task_id, sleep, operator=PyTorchJobOperator, **kwargs):
+    values = {"pid_dir": "{{ dag_run.conf['pid_dir'] }}/" + task_id, "sleep": str(sleep)}
+    return operator(task_id=task_id, spec=sleeper(task_id.replace("_", "-")), spec_params=values, **kwargs)
+
+
+class CrashAfterSubmit(PyTorchJobOperator):
+    """Fault injection: the first try that sees an attempt fails right after submitting or adopting
+    it, as if its worker were lost there: nothing is cancelled."""
+
+    def _submitted(self, context, options, submission):
+        status = super()._submitted(context, options, submission)
+        marker = Path(context["dag_run"].conf["pid_dir"]) / f"crashed-{self.task_id}-{submission.handle.attempt}"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            raise RuntimeError("injected: the worker was lost right after submitting")
+        return status
 
 
 with DAG("kft_deferred", **CONF):
@@ -70,15 +90,22 @@ with DAG("kft_deferred", **CONF):
 
 with DAG("kft_mark_failed", **CONF):
     job("marked", 300, deferrable=True)
-
-with DAG("kft_kill", **CONF):
-    job("killed", 300, deferrable=False)
+    job("marked_sync", 300, deferrable=False)
 
 with DAG("kft_timeout", **CONF):
     job("overdue", 300, deferrable=False, execution_timeout=timedelta(seconds=8))
 
 with DAG("kft_retry", **CONF):
     job("adopter", 20, deferrable=False, retries=1, retry_delay=timedelta(seconds=1))
+    job("survivor", 20, deferrable=False, retries=1, retry_delay=timedelta(seconds=1))
+
+with DAG("kft_lineage", **CONF):
+    job("traced", 1, deferrable=False)
+
+with DAG("kft_clear", **CONF):
+    job("trained", 1, deferrable=False)
+    job("kept", 1, deferrable=False, rerun_on_clear=False)
+    job("flaky", 1, CrashAfterSubmit, deferrable=False, retries=1, retry_delay=timedelta(seconds=1))
 '''
 
 
@@ -125,6 +152,8 @@ def executor_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     """An Airflow whose tasks run in LocalExecutor workers, with a triggerer and an api-server."""
     root = tmp_path_factory.mktemp("executor-airflow")
     env = make_airflow(root)
+    if AIRFLOW_MINOR < (3, 3):  # 3.0's `dags test` keeps its DAG from the database, so the REST API cannot find it
+        env.airflow("dags", "reserialize")
     with triggerer_and_api_server(env) as api:
         yield env, root, api
 
@@ -153,33 +182,40 @@ def test_deferred_task_resumes_from_a_separate_triggerer(executor_airflow: tuple
     assert "execution_timeout" in overdue_log
 
 
-def test_kill_and_execution_timeout_cancel_the_remote_work(tmp_path: Path) -> None:
-    killed_root, timeout_root = tmp_path / "kill", tmp_path / "timeout"
-    killed_env, timeout_env = make_airflow(killed_root), make_airflow(timeout_root)
-    killed = killed_env.start("dags", "test", "kft_kill", "-c", conf(killed_root), log_name="dags-test.log")
-    overdue = timeout_env.start("dags", "test", "kft_timeout", "-c", conf(timeout_root), log_name="dags-test.log")
-    try:
-        wait_until(lambda: pids(killed_root, "killed"), 120, "the job of the task to kill to start")
-        # What Airflow's supervisor does to kill a task: SIGTERM to the task's process.
-        os.kill(killed.pid, signal.SIGTERM)
-        killed.wait(60)
-        overdue.wait(120)
-    finally:
-        stop(killed)
-        stop(overdue)
-    assert_cancelled_and_gone(killed_env, killed_root, "killed", "killed")
-    assert "cancelled PyTorchJob" in killed_env.log("dags-test.log")
-    assert timeout_env.task_states("kft_timeout") == {"overdue": "failed"}
-    assert_cancelled_and_gone(timeout_env, timeout_root, "overdue", "overdue")
-    assert "cancelled PyTorchJob" in timeout_env.log("dags-test.log")
+def test_execution_timeout_cancels_the_remote_work_of_a_sync_task(tmp_path: Path) -> None:
+    env = make_airflow(tmp_path)
+    code, output = run_to_end(env, "dags", "test", "kft_timeout", "-c", conf(tmp_path), log_name="dags-test.log")
+    assert env.task_states("kft_timeout") == {"overdue": "failed"}, output[-4000:]
+    assert_cancelled_and_gone(env, tmp_path, "overdue", "overdue")
+    assert "cancelled PyTorchJob" in output
 
 
-def test_marking_a_deferred_task_failed_cancels_its_work(executor_airflow: tuple[AirflowEnv, Path, str]) -> None:
-    """The user's "mark failed" on a deferred task: the triggerer calls the trigger's on_kill (3.3+)."""
+def test_openlineage_events_carry_the_work_and_its_mlflow_run(tmp_path: Path, mlflow_server: str) -> None:
+    events_file = tmp_path / "openlineage.jsonl"
+    env = make_airflow(tmp_path)
+    env.extra_env["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps({"type": "file", "log_file_path": str(events_file), "append": True})
+    env.set_connection("kubeflow_default", "kubeflow", {"mlflow_tracking_uri": mlflow_server, "state_dir": str(env.state_dir)})
+    code, output = run_to_end(env, "dags", "test", "kft_lineage", "-c", conf(tmp_path), log_name="lineage.log")
+    assert env.task_states("kft_lineage") == {"traced": "success"}, output[-4000:]
+    xcoms = env.xcoms("kft_lineage", "traced")
+    wait_until(events_file.exists, 30, "OpenLineage events")
+    events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+    (complete,) = [e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"] == "kft_lineage.traced"]
+    kubeflow = complete["job"]["facets"].get("kubeflow")
+    assert kubeflow and kubeflow["resource"] == "PyTorchJob" and kubeflow["name"] == xcoms["name"], complete
+    assert complete["run"]["facets"]["externalQuery"]["externalQueryId"] == xcoms["remote_id"]
+    (mlflow_run,) = complete["outputs"]
+    assert mlflow_run["namespace"] == mlflow_server
+    assert mlflow_run["name"] == f"experiments/{xcoms['mlflow_experiment_id']}/runs/{xcoms['mlflow_run_id']}"
+
+
+def test_marking_a_running_task_failed_cancels_its_work(executor_airflow: tuple[AirflowEnv, Path, str]) -> None:
+    """The user's "mark failed", through the REST API the UI calls, on a deferred and a sync task."""
     env, tmp_path, api = executor_airflow
     run = env.start("dags", "test", "kft_mark_failed", "-c", conf(tmp_path), "--use-executor", log_name="marked.log")
     try:
-        wait_until(lambda: env.task_states("kft_mark_failed") == {"marked": "deferred"}, 120, "the task to defer")
+        wait_until(lambda: env.task_states("kft_mark_failed").get("marked") == "deferred", 120, "the task to defer")
+        wait_until(lambda: pids(tmp_path, "marked_sync"), 120, "the sync task's job to start")
         # Only a trigger that a triggerer runs can get on_kill: wait until one has picked it up.
         wait_until(
             lambda: env.query(
@@ -190,41 +226,107 @@ def test_marking_a_deferred_task_failed_cancels_its_work(executor_airflow: tuple
             "the triggerer to pick up the trigger",
         )
         (run_id,), = env.query("SELECT run_id FROM dag_run WHERE dag_id = 'kft_mark_failed'")
-        url = f"{api}/api/v2/dags/kft_mark_failed/dagRuns/{quote(run_id, safe='')}/taskInstances/marked"
-        request = urllib.request.Request(
-            url, data=b'{"new_state": "failed"}', method="PATCH", headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 200
-        wait_until(lambda: local_runs(env, "marked")[0][1].terminal, 60, "the marked task's work to end")
+        for task_id in ("marked", "marked_sync"):
+            url = f"{api}/api/v2/dags/kft_mark_failed/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
+            request = urllib.request.Request(
+                url, data=b'{"new_state": "failed"}', method="PATCH", headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.status == 200
+        wait_until(lambda: local_runs(env, "marked-sync")[0][1].terminal, 60, "the sync task's work to end")
+        if TRIGGER_ON_KILL:
+            wait_until(lambda: local_runs(env, "marked")[0][1].terminal, 60, "the deferred task's work to end")
         run.wait(120)
     finally:
         stop(run)
-    assert_cancelled_and_gone(env, tmp_path, "marked", "marked")
-    trigger_log = next((env.home / "logs").rglob("task_id=marked/attempt=1.log.trigger.*.log")).read_text()
-    assert "cancelled PyTorchJob marked" in trigger_log
+    logs = env.home / "logs" / "dag_id=kft_mark_failed"
+    # sync: the supervisor's SIGTERM, and the server no longer has the task instance running
+    assert_cancelled_and_gone(env, tmp_path, "marked_sync", "marked-sync")
+    sync_log = next(logs.rglob("task_id=marked_sync/attempt=1.log")).read_text()
+    assert "SIGTERM and the task instance is failed on the server: cancelling the work" in sync_log
+    deferred_log = next(logs.rglob("task_id=marked/attempt=1.log")).read_text()
+    if TRIGGER_ON_KILL:
+        assert_cancelled_and_gone(env, tmp_path, "marked", "marked")
+        trigger_log = next(logs.rglob("task_id=marked/attempt=1.log.trigger.*.log")).read_text()
+        assert "cancelled PyTorchJob marked" in trigger_log
+    else:  # Airflow before 3.3 has no trigger on_kill: the work is left running, and the log says so
+        (handle, status), = local_runs(env, "marked")
+        assert not status.terminal
+        assert "trigger on_kill needs Airflow 3.3" in deferred_log
+        LocalBackend(env.state_dir).cancel(handle)
 
 
-def test_retry_adopts_the_work_of_a_try_whose_worker_died(executor_airflow: tuple[AirflowEnv, Path, str]) -> None:
+def test_retry_adopts_the_work_of_a_try_whose_worker_died_or_shut_down(executor_airflow: tuple[AirflowEnv, Path, str]) -> None:
     env, tmp_path, _ = executor_airflow
     run = env.start("dags", "test", "kft_retry", "-c", conf(tmp_path), "--use-executor", log_name="retry.log")
     try:
-        wait_until(lambda: pids(tmp_path, "adopter"), 120, "the first try's job to start")
-        (handle, status), = local_runs(env, "adopter")
-        assert not status.terminal
-        # The task's own process: the task runner titles it `airflow worker -- <ti id>` (the executor's
+        wait_until(lambda: pids(tmp_path, "adopter") and pids(tmp_path, "survivor"), 120, "the first tries' jobs to start")
+        handles = {}
+        for task_id in ("adopter", "survivor"):
+            (handles[task_id], status), = local_runs(env, task_id)
+            assert not status.terminal
+        # The tasks' own processes: the task runner titles them `airflow worker -- <ti id>` (the executor's
         # workers, which host the supervisors, are titled `airflow worker -- LocalExecutor: ...`).
-        title = re.compile(r"airflow worker -- [0-9a-f-]{36}")
-        worker = next(p for p in psutil.Process(run.pid).children(recursive=True) if title.fullmatch((p.cmdline() or [""])[0]))
-        worker.kill()  # SIGKILL: no on_kill, nothing cancelled; Airflow fails the try and retries
+        title = re.compile(r"airflow worker -- ([0-9a-f-]{36})")
+        rows = env.query("SELECT id, task_id FROM task_instance WHERE dag_id = 'kft_retry'")
+        ti_ids = {str(ti_id).replace("-", ""): task_id for ti_id, task_id in rows}  # SQLite keeps bare hex
+        workers = {}
+        for proc in psutil.Process(run.pid).children(recursive=True):
+            found = title.fullmatch((proc.cmdline() or [""])[0])
+            if found and found.group(1).replace("-", "") in ti_ids:
+                workers[ti_ids[found.group(1).replace("-", "")]] = proc
+        workers["adopter"].kill()  # SIGKILL: no on_kill, nothing cancelled; Airflow fails the try and retries
+        workers["survivor"].terminate()  # SIGTERM while the server has it running: a worker shutting down
         run.wait(240)
     finally:
         stop(run)
     output = env.log("retry.log")
-    assert env.task_states("kft_retry") == {"adopter": "success"}, output[-4000:]
-    assert env.query("SELECT try_number FROM task_instance WHERE dag_id = 'kft_retry'") == [(2,)]
-    xcoms = env.xcoms("kft_retry", "adopter")  # the second try's XComs (Airflow clears them per try)
-    assert xcoms["adopted"] is True and xcoms["remote_id"] == handle.id
-    (_, status), = local_runs(env, "adopter")  # one run directory: nothing was submitted twice
-    assert status.state is State.SUCCEEDED
-    assert len(pids(tmp_path, "adopter")) == 1
+    assert env.task_states("kft_retry") == {"adopter": "success", "survivor": "success"}, output[-4000:]
+    assert env.query("SELECT task_id, try_number FROM task_instance WHERE dag_id = 'kft_retry' ORDER BY task_id") == [
+        ("adopter", 2),
+        ("survivor", 2),
+    ]
+    for task_id in ("adopter", "survivor"):
+        xcoms = env.xcoms("kft_retry", task_id)  # the second try's XComs (Airflow clears them per try)
+        assert xcoms["adopted"] is True and xcoms["remote_id"] == handles[task_id].id
+        (_, status), = local_runs(env, task_id)  # one run directory: nothing was submitted twice
+        assert status.state is State.SUCCEEDED
+        assert len(pids(tmp_path, task_id)) == 1
+    first_try = next((env.home / "logs").rglob("dag_id=kft_retry/**/task_id=survivor/attempt=1.log")).read_text()
+    assert "a worker shutting down, not a user's stop" in first_try
+
+
+def test_a_clear_reruns_succeeded_work_and_a_retry_after_it_still_adopts(executor_airflow: tuple[AirflowEnv, Path, str]) -> None:
+    """The UI's Clear (its REST call) on a finished run; a real scheduler runs the cleared tasks."""
+    env, tmp_path, api = executor_airflow
+    code, output = run_to_end(env, "dags", "test", "kft_clear", "-c", conf(tmp_path), log_name="clear-1.log")
+    assert env.task_states("kft_clear") == dict.fromkeys(("trained", "kept", "flaky"), "success"), output[-4000:]
+    (run_id,), = env.query("SELECT run_id FROM dag_run WHERE dag_id = 'kft_clear'")
+    env.api(api, "PATCH", "/api/v2/dags/kft_clear", {"is_paused": False})
+    env.api(api, "POST", "/api/v2/dags/kft_clear/clearTaskInstances",
+            {"dag_run_id": run_id, "only_failed": False, "dry_run": False, "reset_dag_runs": True})
+    scheduler = env.start("scheduler", log_name="scheduler.log")
+    try:
+        wait_until(lambda: env.query("SELECT state FROM dag_run WHERE dag_id = 'kft_clear'") == [("success",)], 240,
+                   "the cleared run to finish")
+    finally:
+        stop(scheduler)
+    assert env.task_states("kft_clear") == dict.fromkeys(("trained", "kept", "flaky"), "success")
+    # The clear opened a new sequence of tries: max_tries = try_number + retries.
+    assert env.query("SELECT try_number, max_tries FROM task_instance WHERE task_id = 'trained'") == [(2, 1)]
+
+    def attempts(name: str) -> list[tuple[int, State]]:
+        return sorted((h.attempt, status.state) for h, status in local_runs(env, name))
+
+    # A cleared success runs again: a new attempt, with its own replica.
+    assert attempts("trained") == [(1, State.SUCCEEDED), (2, State.SUCCEEDED)]
+    assert len(pids(tmp_path, "trained")) == 2 and env.xcoms("kft_clear", "trained")["adopted"] is False
+    # rerun_on_clear=False: the old success is handed back.
+    assert attempts("kept") == [(1, State.SUCCEEDED)]
+    assert len(pids(tmp_path, "kept")) == 1 and env.xcoms("kft_clear", "kept")["adopted"] is True
+    # Each sequence's first try submitted and crashed; its retry adopted that attempt instead of a third.
+    assert attempts("flaky") == [(1, State.SUCCEEDED), (2, State.SUCCEEDED)]
+    assert len(pids(tmp_path, "flaky")) == 2
+    assert env.query("SELECT try_number FROM task_instance WHERE task_id = 'flaky'") == [(4,)]
+    flaky = env.xcoms("kft_clear", "flaky")
+    assert flaky["adopted"] is True and flaky["attempt"] == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 from airflow_env import ROOT, new_airflow
 
+from airflow_provider.compat import AIRFLOW_MINOR
 from airflow_provider.connection import FIELDS, ConnectionOptions, conn_fields
 from airflow_provider.get_provider_info import get_provider_info
 from airflow_provider.hooks.kubeflow import KubeflowHook
@@ -24,10 +24,10 @@ HEAVY = ("kfp", "kubernetes", "mlflow", "optuna", "torch")
 @pytest.mark.e2e
 def test_airflow_lists_the_provider_and_its_connection_type(tmp_path: Path) -> None:
     env = new_airflow(tmp_path)
-    providers = json.loads(env.airflow("providers", "list", "--output", "json").stdout)
+    providers = env.airflow_json("providers", "list")
     ours = next(p for p in providers if p["package_name"] == "kubeflow-tasks")
     assert ours["version"] == "0.1.0"
-    hooks = json.loads(env.airflow("providers", "hooks", "--output", "json").stdout)
+    hooks = env.airflow_json("providers", "hooks")
     kubeflow = next(h for h in hooks if h["connection_type"] == "kubeflow")
     assert kubeflow["class"] == "airflow_provider.hooks.kubeflow.KubeflowHook"
     assert kubeflow["conn_id_attribute_name"] == "kubeflow_conn_id"
@@ -118,3 +118,48 @@ def test_a_kfp_pipeline_object_is_referenced_by_its_importable_name() -> None:
 
     with pytest.raises(SpecError, match="^spec: pipeline .* must be a top-level function"):
         pipeline_reference(local_pipeline)
+
+
+@pytest.mark.e2e
+def test_airflow_connections_test_reaches_the_cluster_or_says_why_not_in_one_line(tmp_path: Path, k8s_double) -> None:
+    env = new_airflow(tmp_path, AIRFLOW__CORE__TEST_CONNECTION="Enabled")
+    kubeconfig = str(k8s_double.write_kubeconfig(tmp_path / "kubeconfig"))
+    extra = {"backend": "kubernetes", "kubeconfig_path": kubeconfig, "namespace": "default"}
+    env.set_connection("kf_ok", "kubeflow", extra, host=k8s_double.kfp_url, password=k8s_double.kfp_token)
+    env.set_connection("kf_bad", "kubeflow", extra, host=k8s_double.kfp_url, password="wrong-s3cret")
+    ok = env.airflow("connections", "test", "kf_ok", check=False)
+    assert ok.returncode == 0 and "Connection success!" in ok.stdout, ok.stdout + ok.stderr[-3000:]
+    bad = env.airflow("connections", "test", "kf_bad", check=False)
+    assert bad.returncode == (1 if AIRFLOW_MINOR >= (3, 3) else 0), bad.stdout  # 3.0 exits 0 either way
+    reason = bad.stdout.split("Connection failed!", 1)[1].strip()
+    assert reason == "ApiException: HTTP 401 Unauthorized", bad.stdout
+    assert "Traceback" not in bad.stdout + bad.stderr and "wrong-s3cret" not in bad.stdout + bad.stderr
+
+
+def test_labels_and_annotations_reach_the_remote_object_and_bad_ones_are_one_line(tmp_path: Path, k8s_double) -> None:
+    from shared.backends.kubernetes import KubernetesBackend
+    from shared.operations import submit_or_adopt
+
+    specs = ROOT / "dags" / "commodity"
+    values = {"data_path": "/d", "learning_rate": "0.1", "num_estimators": "20"}
+    job = resolve_spec(Kind.TRAINING_JOB, "pytorchjob.yaml", params=values, name=None, base_dir=str(specs),
+                       labels={"team": "forecasting", "example.com/cost-center": "ml-42"},
+                       annotations={"example.com/owner": "Ana <ana@example.com>"})
+    backend = KubernetesBackend(kubeconfig=str(k8s_double.write_kubeconfig(tmp_path / "kubeconfig")))
+    submit_or_adopt(backend, job, "dag/train/run/-1")
+    (created,) = k8s_double.objects("pytorchjobs")
+    meta = created["metadata"]
+    assert meta["labels"]["team"] == "forecasting" and meta["labels"]["example.com/cost-center"] == "ml-42"
+    assert meta["annotations"]["example.com/owner"] == "Ana <ana@example.com>"
+    assert "kubeflow-tasks.dev/key-hash" in meta["labels"]  # ours are kept beside them
+
+    bad = [
+        ({"labels": {"team": "a b"}}, Kind.TRAINING_JOB, "labels: value 'a b' of 'team'"),
+        ({"labels": {"-x": "1"}}, Kind.TRAINING_JOB, "labels: '-x' is not a Kubernetes key"),
+        ({"annotations": {"a": "1"}}, Kind.PIPELINE, "annotations: a KFP run has no labels"),
+    ]
+    for extra, kind, message in bad:
+        spec = "pytorchjob.yaml" if kind is Kind.TRAINING_JOB else "pipeline_run.yaml"
+        with pytest.raises(SpecError) as err:
+            resolve_spec(kind, spec, params=values, name=None, base_dir=str(specs), **extra)
+        assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -76,7 +76,6 @@ SHELL_TASK = {
         "taskPriority": {"enum": ["HIGHEST", "HIGH", "MEDIUM", "LOW", "LOWEST"]},
     },
 }
-TOKEN = re.compile(r"KFT_[0-9a-f]{24}")
 
 
 def nightly_python():
@@ -90,11 +89,6 @@ def nightly_yaml(monkeypatch):
     monkeypatch.chdir(REPO)  # the YAML's spec paths are relative to where one submits from
     with offline():
         return load_yaml_workflow(NIGHTLY_YAML)
-
-
-def normalised(tasks: list[dict]) -> list[dict]:
-    """Task definitions with the random here-document token made comparable."""
-    return json.loads(TOKEN.sub("KFT_TOKEN", json.dumps(tasks, sort_keys=True)))
 
 
 # ---------------------------------------------------------------------------- definitions
@@ -126,8 +120,10 @@ def test_nightly_workflow_generates_offline_as_valid_shell_tasks():
     assert "exec kubeflow-tasks run experiment" in script
     assert f"--timeout {cli_deadline_seconds(120)}s" in script and cli_deadline_seconds(120) < 120 * 60
     assert "dolphinscheduler/${system.workflow.instance.id}/${system.task.definition.code}" in script
-    # Codes are deterministic offline: the same names give the same codes.
-    assert [t["code"] for t in nightly_python().task_definition_json] == codes
+    # Generating again gives the same definitions, so submitting an unchanged workflow stores no new
+    # task version: the codes (offline: from the names) and the scripts, here-document delimiters included.
+    assert nightly_python().task_definition_json == tasks
+    assert re.search(r"<<'KFT_[0-9a-f]{24}'", script)
 
 
 def test_yaml_workflow_resolves_our_task_types_and_equals_the_python_one(monkeypatch):
@@ -135,7 +131,7 @@ def test_yaml_workflow_resolves_our_task_types_and_equals_the_python_one(monkeyp
     from_python = nightly_python()
     assert from_yaml.schedule == from_python.schedule
     assert from_yaml.param_json == from_python.param_json
-    assert normalised(from_yaml.task_definition_json) == normalised(from_python.task_definition_json)
+    assert from_yaml.task_definition_json == from_python.task_definition_json  # byte for byte
     key = lambda r: (r["preTaskCode"], r["postTaskCode"])  # noqa: E731
     assert sorted(map(key, from_yaml.task_relation_json)) == sorted(map(key, from_python.task_relation_json))
 
@@ -174,11 +170,12 @@ def test_timeout_strategy_decides_whether_the_cli_has_its_own_deadline():
                                 timeout_notify_strategy="WARN")
         none = KubeflowPipeline(name="c", spec=COMMODITY / "pipeline_run.yaml")
     assert failed.get_define()["timeoutNotifyStrategy"] == "FAILED"
-    assert "--timeout 570s" in failed.get_define()["taskParams"]["rawScript"]  # 30 s before the kill
+    assert "--timeout 525s" in failed.get_define()["taskParams"]["rawScript"]  # 75 s (a whole cancel) before the kill
     assert "--timeout" not in warn.get_define()["taskParams"]["rawScript"]  # WARN never kills
     assert none.get_define()["timeoutFlag"] == "CLOSE"
     assert "--timeout" not in none.get_define()["taskParams"]["rawScript"]
-    assert cli_deadline_seconds(1) == 45 and cli_deadline_seconds(600) == 600 * 60 - 120
+    assert cli_deadline_seconds(1) == 30 and cli_deadline_seconds(60) == 3600 - 180
+    assert cli_deadline_seconds(600) == 600 * 60 - 300
 
 
 def test_cluster_options_reach_the_cli_and_a_dict_spec_is_embedded(tmp_path):
@@ -232,6 +229,14 @@ def test_here_document_values_survive_substitution_exactly(tmp_path):
     out = subprocess.run(["bash", "-c", text], capture_output=True, timeout=30, cwd=tmp_path).stdout
     assert out.decode().split("\0")[:-1] == values
     assert not victim.exists()
+
+
+def test_the_delimiter_is_derived_from_the_values():
+    writers = [ScriptWriter() for _ in range(3)]
+    for writer, value in zip(writers, ["a value", "a value", "another value"], strict=True):
+        writer.read(value)
+    assert writers[0].delimiter() == writers[1].delimiter() != writers[2].delimiter()
+    assert writers[0].render("t", ["echo"]) == writers[1].render("t", ["echo"])
 
 
 def test_setvalue_lines_cannot_break_or_inject(tmp_path):

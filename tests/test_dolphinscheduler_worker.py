@@ -1,5 +1,6 @@
 """Generated DolphinScheduler tasks run the way a worker runs them (tests/ds_harness.py), end to end on
-the local backend: real bash, the real CLI, real replica processes, a real MLflow server, real signals."""
+the local backend: real bash, the real CLI, real replica processes, a real MLflow server, real signals,
+and the worker's own way to stop a task (`kill -9` of its process tree, found with pstree)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from waiting import wait_until
 
 from dolphinscheduler_tasks import PyTorchJob, offline
 from shared.backends.local import procs
-from tests.ds_harness import FAILURE, SUCCESS, Worker
+from tests.ds_harness import FAILURE, HOST_MARKER, KILL, SUCCESS, Worker
 
 pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
 
 # A replica that records its argv and its start, then waits for `release` (its content is the exit code).
@@ -170,3 +174,52 @@ def test_failure_is_retried_failretrytimes_with_a_new_attempt_under_the_same_key
     first, second = (a.outputs["id"] for a in result.attempts)
     assert first != second and cli_status(first)["key"] == cli_status(second)["key"]
     assert cli_status(second)["attempt"] == 2
+
+
+def guards_of(worker) -> list[psutil.Process]:
+    """The guards this worker's tasks started (outside the tasks' process trees, by design)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "shared.guard" in (proc.info["cmdline"] or []) and proc.environ().get(HOST_MARKER) == str(
+                worker.workflow_instance_id
+            ):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_a_stop_kills_the_process_tree_and_the_guard_deletes_the_job_within_10s(worker, tmp_path, k8s_double):
+    """On a cluster (the wire-level double), where the work lives outside the worker's process tree."""
+    manifest = yaml.safe_load((REPO / "tests/data/specs/pytorch-mnist.yaml").read_text())
+    manifest["metadata"] = {"name": "stopped", "annotations": {"double.kubeflow-tasks.dev/outcome": "Hang"}}
+    kubeconfig = str(k8s_double.write_kubeconfig(tmp_path / "kubeconfig"))
+    with offline():
+        task = PyTorchJob(name="stopped", spec=manifest, backend="kubernetes", kubeconfig=kubeconfig).get_define()
+    run = worker.start(task)
+    run.wait_for_output("id")
+    assert len(k8s_double.objects("pytorchjobs")) == 1
+    (guard,) = guards_of(worker)
+    tree = subprocess.run(["pstree", "-p", str(run.proc.pid)], capture_output=True, text=True).stdout
+    assert f"({guard.pid})" not in tree  # what the worker's stop kills cannot include the guard
+
+    sent = time.monotonic()
+    run.stop()  # kill -9 of the whole tree: the CLI cannot do anything
+    attempt = run.wait(30)
+    assert attempt.state == KILL and attempt.exit_code == 137
+    wait_until(lambda: not k8s_double.objects("pytorchjobs"), timeout=10, what="the guard to delete the job")
+    assert time.monotonic() - sent < 10
+    wait_until(lambda: not guard.is_running(), timeout=10, what="the guard to exit")
+    assert "cancelled" in next(tmp_path.rglob("kubeflow-tasks-guard.log")).read_text()
+
+
+def test_a_task_that_ends_on_its_own_leaves_no_guard_and_nothing_cancelled(worker, tmp_path):
+    task = recorder_job(tmp_path, [])
+    (tmp_path / "release").write_text("0")
+    result = worker.run(task)
+    assert result.state == SUCCESS, result.log
+    assert cli_status(result.var_pool["id"])["state"] == "SUCCEEDED"
+    wait_until(lambda: not guards_of(worker), timeout=10, what="the guard to exit")
+    log = next(tmp_path.rglob("kubeflow-tasks-guard.log")).read_text()
+    assert "guarding" in log and "cancel" not in log

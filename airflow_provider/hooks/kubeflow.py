@@ -10,9 +10,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowNotFoundException
-
+from airflow_provider.compat import AirflowNotFoundException, BaseHook
 from airflow_provider.connection import (
     CONN_TYPE,
     DEFAULT_CONN_ID,
@@ -72,7 +70,12 @@ class KubeflowHook(BaseHook):
     async def aoptions(self) -> ConnectionOptions:
         """`options` for async callers (triggers): the sync lookup would block the event loop."""
         try:
-            conn = await self.aget_connection(self.kubeflow_conn_id)
+            if hasattr(self, "aget_connection"):
+                conn = await self.aget_connection(self.kubeflow_conn_id)
+            else:  # Airflow 3.0 has no async lookup: the sync one, off the event loop as its docs ask
+                from asgiref.sync import sync_to_async
+
+                conn = await sync_to_async(self.get_connection)(self.kubeflow_conn_id)
         except AirflowNotFoundException:
             if self.kubeflow_conn_id != DEFAULT_CONN_ID:
                 raise
@@ -88,6 +91,29 @@ class KubeflowHook(BaseHook):
         for secret in options.secrets():
             mask_secret(secret)
         return options
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Airflow's "Test" button and `airflow connections test`: reach the backend (the cluster's
+        custom resources and, when configured, the KFP API) with this connection's credentials.
+
+        The answer is one line, and never holds the connection's secrets.
+        """
+        options = None
+        try:
+            options = self.options
+            backend = self.backend_for(options)
+            found = backend.list()
+        except Exception as exc:  # the reason, for a person reading the form
+            status, reason = getattr(exc, "status", None), getattr(exc, "reason", None)
+            if isinstance(status, int) and reason:  # a client's ApiException: its first line is "(401)"
+                message = f"{type(exc).__name__}: HTTP {status} {reason}"
+            else:
+                message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            for secret in options.secrets() if options else ():
+                message = message.replace(secret, "***")
+            return False, message
+        where = f"KFP at {options.kfp_host} and the cluster" if options.kfp_host else f"the {backend.name} backend"
+        return True, f"reached {where}: {len(found)} runs and jobs of kubeflow-tasks visible"
 
     def get_conn(self) -> Backend:
         return self.backend_for(self.options)

@@ -4,11 +4,15 @@ One task try:
 1. the spec is resolved and validated (a bad field fails the task before anything is submitted);
 2. `submit_or_adopt` with the key (dag_id, task_id, run_id, map_index), preferring the remote id the
    task state store (Airflow 3.3+) remembers from an earlier try: a retry adopts running or
-   succeeded work, and submits a new attempt after a remote failure;
+   succeeded work, and submits a new attempt after a remote failure; the first try after a clear
+   (`lifecycle.first_try_of_sequence`) also reruns a success, unless `rerun_on_clear=False`;
 3. ids, URLs and the MLflow run id go to XCom at once, before any waiting;
-4. sync: wait with the work's log in the task log (a timeout or a kill calls `on_kill`, which
-   cancels); deferrable: hand the wait to `KubeflowRunTrigger` with the absolute deadline
-   `ti.start_date + execution_timeout`, and on resume fail or finish in `execute_complete`.
+4. sync: wait with the work's log in the task log. `execution_timeout` calls `on_kill`, which
+   cancels; a SIGTERM cancels only when the server no longer has the task instance running (a
+   user's mark-failed, mark-success or clear), and otherwise (a worker shutting down) fails the try
+   and leaves the work for the next try to adopt. Deferrable: hand the wait to `KubeflowRunTrigger`
+   with the absolute deadline `ti.start_date + execution_timeout`, and on resume fail or finish in
+   `execute_complete`.
 """
 
 from __future__ import annotations
@@ -20,40 +24,24 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk import BaseOperator
-from airflow.sdk.configuration import conf
-from airflow.sdk.exceptions import AirflowException
-
+from airflow_provider.compat import AIRFLOW_VERSION, TRIGGER_ON_KILL, AirflowException, BaseOperator, conf
 from airflow_provider.connection import DEFAULT_CONN_ID, ConnectionOptions
 from airflow_provider.hooks.kubeflow import KubeflowHook
 from airflow_provider.links import XCOM_MLFLOW_RUN_URL
+from airflow_provider.operators.lifecycle import RUNNING, first_try_of_sequence, on_sigterm, server_state
 from shared.status import Kind
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from shared.backends.base import Backend
-    from shared.operations import Submission
+    from shared.operations import Outcome, Submission
     from shared.specs import Spec
     from shared.status import Handle, Status
 
 STATE_STORE_KEY = "kubeflow_remote_id"  # renaming it breaks adoption by in-flight retries
 DEFER_TIMEOUT_MARGIN = 60.0  # the framework backstop fires this long after our own deadline
 RESUME_LOG_LINES = 2000  # deferrable mode prints at most this many last log lines on resume
-
-
-def own_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The parameters given to the task itself.
-
-    Airflow merges the DAG's `params` into every operator's; those are for templates, not for the
-    spec (a pipeline would reject parameters it does not declare). `ParamsDict` records the source.
-    """
-    if not params:
-        return {}
-    get_param = getattr(params, "get_param", None)
-    if get_param is None:
-        return dict(params)
-    return {name: params[name] for name in params if getattr(get_param(name), "source", None) != "dag"}
 
 
 def raise_for_status(handle: Handle, status: Status) -> None:
@@ -68,14 +56,21 @@ class KubeflowBaseOperator(BaseOperator):
 
     :param spec: a manifest file path (relative to the DAG file), a manifest mapping, or for
         pipelines a pipeline function or `package.module:function`. Templated.
-    :param params: values for `${params.NAME}` in a manifest, or the pipeline's parameters. Templated.
+    :param spec_params: values for `${params.NAME}` in a manifest, or the pipeline's parameters.
+        Templated. (`params` keeps Airflow's meaning: the Jinja `params` of the task.)
     :param name: overrides the work's `metadata.name`. Templated.
     :param kubeflow_conn_id: the `kubeflow` connection; `kubeflow_default` (the default) means the
-        local backend when no such connection exists.
+        local backend when no such connection exists. Templated.
+    :param namespace: the namespace of the work (backend kubernetes) instead of the connection's;
+        still subject to its allowed namespaces. Templated.
+    :param labels: Kubernetes labels for the remote object (training jobs and experiments). Templated.
+    :param annotations: Kubernetes annotations for the remote object (likewise). Templated.
     :param upstream_mlflow_run_id: the MLflow run of the previous task, recorded on this task's run
         so the lineage continues. Templated.
-    :param deferrable: wait in the triggerer instead of a worker slot.
-    :param cancel_on_kill: cancel the work when the task is killed or times out.
+    :param deferrable: wait in the triggerer instead of a worker slot (recommended for long work).
+    :param cancel_on_kill: cancel the work when a user stops the task or it times out.
+    :param rerun_on_clear: a cleared task runs its work again (a new attempt) even when the last
+        attempt succeeded; False hands the old success back. Retries adopt either way.
     :param startup_timeout: seconds (or a timedelta) the work's pods may take to run; past it (an image
         that does not pull, no node that fits, a crash loop) the work is cancelled and the task fails
         with the cluster's reason.
@@ -83,7 +78,16 @@ class KubeflowBaseOperator(BaseOperator):
 
     kind: ClassVar[Kind]
     resource: ClassVar[str | None] = None  # PyTorchJob / TFJob for the training-job operators
-    template_fields = ("spec", "spec_params", "spec_name", "upstream_mlflow_run_id")
+    template_fields = (
+        "spec",
+        "spec_params",
+        "spec_name",
+        "kubeflow_conn_id",
+        "namespace",
+        "labels",
+        "annotations",
+        "upstream_mlflow_run_id",
+    )
     template_fields_renderers = {"spec": "json", "spec_params": "json"}
     ui_color = "#d6e4f5"
 
@@ -91,33 +95,47 @@ class KubeflowBaseOperator(BaseOperator):
         self,
         *,
         spec: Any,
-        params: Mapping[str, Any] | None = None,
+        spec_params: Mapping[str, Any] | None = None,
         name: str | None = None,
         kubeflow_conn_id: str = DEFAULT_CONN_ID,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
         upstream_mlflow_run_id: str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         cancel_on_kill: bool = True,
         startup_timeout: float | timedelta | None = None,
+        rerun_on_clear: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(params=params, **kwargs)
+        super().__init__(**kwargs)
         self.spec = spec
-        self.spec_params = own_params(params)
+        self.spec_params = dict(spec_params or {})
         self.spec_name = name
         self.kubeflow_conn_id = kubeflow_conn_id
+        self.namespace = namespace
+        self.labels = dict(labels or {})
+        self.annotations = dict(annotations or {})
         self.upstream_mlflow_run_id = upstream_mlflow_run_id
         self.deferrable = deferrable
         self.cancel_on_kill = cancel_on_kill
         self.startup_timeout = (
             startup_timeout.total_seconds() if isinstance(startup_timeout, timedelta) else startup_timeout
         )
+        self.rerun_on_clear = rerun_on_clear
         self._backend: Backend | None = None
         self._submission: Submission | None = None
 
     # ------------------------------------------------------------------ preparing a try
 
     def _options(self) -> ConnectionOptions:
-        return KubeflowHook(self.kubeflow_conn_id).options
+        options = KubeflowHook(self.kubeflow_conn_id).options
+        if not self.namespace:
+            return options
+        if options.backend == "local":
+            self.log.info("namespace %r does not apply to the local backend", self.namespace)
+            return options
+        return options.with_namespace(self.namespace)
 
     def _resolve_spec(self) -> Spec:
         import os
@@ -126,7 +144,15 @@ class KubeflowBaseOperator(BaseOperator):
         from shared.specs import require_resource
 
         base_dir = os.path.dirname(os.path.abspath(self.dag.fileloc)) if self.has_dag() else os.getcwd()
-        spec = resolve_spec(self.kind, self.spec, params=self.spec_params, name=self.spec_name, base_dir=base_dir)
+        spec = resolve_spec(
+            self.kind,
+            self.spec,
+            params=self.spec_params,
+            name=self.spec_name,
+            base_dir=base_dir,
+            labels=self.labels,
+            annotations=self.annotations,
+        )
         return require_resource(spec, self.resource, type(self).__name__)
 
     @staticmethod
@@ -166,6 +192,9 @@ class KubeflowBaseOperator(BaseOperator):
         options = self._options()
         backend = self._backend = KubeflowHook.backend_for(options)
         store = context.get("task_state_store")
+        if store is None:
+            self.log.info("Airflow %s has no task state store (3.3+): a retry finds its work by key", AIRFLOW_VERSION)
+        new_run = self.rerun_on_clear and first_try_of_sequence(context["ti"], self.retries)
         common = {
             "mlflow_tracking_uri": resolve_tracking_uri(options.mlflow_tracking_uri),
             "upstream_mlflow_run_id": self.upstream_mlflow_run_id or None,
@@ -173,6 +202,7 @@ class KubeflowBaseOperator(BaseOperator):
             "mlflow_experiment": options.mlflow_experiment,
             "labels": self._labels(context),
             "known_id": store.get(STATE_STORE_KEY) if store is not None else None,
+            "new_run": new_run,
         }
         key = self._key(context)
         if self.deferrable:
@@ -183,19 +213,47 @@ class KubeflowBaseOperator(BaseOperator):
             finish(submission, status)
             return self._complete(context, submission.handle, status)
 
-        outcome = asyncio.run(
-            run_async(
-                backend,
-                spec,
-                key,
-                **common,
-                on_submitted=lambda submission: self._submitted(context, options, submission),
-                on_status=self._log_status,
-                on_log=lambda line: self.log.info("| %s", line),
-                startup_timeout=self.startup_timeout,
-            )
-        )
+        outcome = asyncio.run(self._run_sync(context, options, spec, key, common, run_async))
         return self._complete(context, outcome.submission.handle, outcome.status)
+
+    async def _run_sync(
+        self, context: Context, options: ConnectionOptions, spec: Spec, key: str, common: dict[str, Any], run_async: Any
+    ) -> Outcome:
+        """`run_async` until the work ends, or a SIGTERM: a user's stop cancels, a shutdown leaves it."""
+        loop = asyncio.get_running_loop()
+        cancel, terminated = asyncio.Event(), asyncio.Event()
+        with on_sigterm(lambda: loop.call_soon_threadsafe(terminated.set)):
+            run = asyncio.ensure_future(
+                run_async(
+                    self._backend,
+                    spec,
+                    key,
+                    **common,
+                    cancel_requested=cancel,
+                    on_submitted=lambda submission: self._submitted(context, options, submission),
+                    on_status=self._log_status,
+                    on_log=lambda line: self.log.info("| %s", line),
+                    startup_timeout=self.startup_timeout,
+                )
+            )
+            signalled = asyncio.ensure_future(terminated.wait())
+            await asyncio.wait({run, signalled}, return_when=asyncio.FIRST_COMPLETED)
+            signalled.cancel()
+            if not run.done():
+                state = server_state(context["ti"])
+                what = self._submission.handle.id if self._submission else "the work"
+                if state in (RUNNING, None):
+                    run.cancel()
+                    raise AirflowException(
+                        f"SIGTERM while the task instance is {state or 'of unknown state'} on the server "
+                        f"(a worker shutting down, not a user's stop): {what} keeps running for the next try to adopt"
+                    )
+                if not self.cancel_on_kill:
+                    run.cancel()
+                    raise AirflowException(f"stopped by the user ({state}); cancel_on_kill=False leaves {what} running")
+                self.log.info("SIGTERM and the task instance is %s on the server: cancelling the work", state)
+                cancel.set()
+            return await run
 
     def _log_status(self, status: Status) -> None:
         self.log.info("%s%s", status.state.value, f" ({status.raw_state})" if status.raw_state else "")
@@ -259,6 +317,12 @@ class KubeflowBaseOperator(BaseOperator):
         from airflow_provider.triggers.kubeflow import KubeflowRunTrigger
 
         deadline = self._deadline(context)
+        if not TRIGGER_ON_KILL and self.cancel_on_kill:
+            self.log.info(
+                "Airflow %s: marking this deferred task failed or clearing it leaves its work running "
+                "(trigger on_kill needs Airflow 3.3); execution_timeout still cancels it",
+                AIRFLOW_VERSION,
+            )
         backstop = None if deadline is None else timedelta(seconds=max(deadline - time.time(), 0) + DEFER_TIMEOUT_MARGIN)
         self.log.info("deferring until %s %s is done", submission.handle.resource, submission.handle.id)
         self.defer(
@@ -320,11 +384,22 @@ class KubeflowBaseOperator(BaseOperator):
                 self.log.info("| %s", line)
         except Exception as exc:
             self.log.warning("could not read the log of %s %s: %s", handle.resource, handle.id, " ".join(str(exc).split())[:300])
+    # ------------------------------------------------------------------ lineage
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (when its provider is installed): the work as job facets, the MLflow run as output."""
+        from airflow_provider.lineage import operator_lineage
+
+        return operator_lineage(self._submission)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return self.get_openlineage_facets_on_complete(task_instance)
 
     # ------------------------------------------------------------------ kill
 
     def on_kill(self) -> None:
-        """A killed or timed-out task cancels its work (sync mode; deferred tasks: the trigger's on_kill)."""
+        """A timed-out sync task cancels its work (a SIGTERM is decided in `_run_sync`; a deferred
+        task's stop is the trigger's `on_kill`)."""
         if not self.cancel_on_kill or self._submission is None or self._backend is None:
             return
         from shared.operations import finish

@@ -8,9 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.configuration import conf
-
+from airflow_provider.compat import BaseSensorOperator, PokeReturnValue, conf
 from airflow_provider.connection import DEFAULT_CONN_ID
 from airflow_provider.hooks.kubeflow import KubeflowHook
 from airflow_provider.operators.base import raise_for_status
@@ -92,8 +90,7 @@ class KubeflowRunSensor(BaseSensorOperator):
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowException
-
+        from airflow_provider.compat import AirflowException
         from shared.status import Handle, Status
 
         if event["status"] is None:
