@@ -22,7 +22,7 @@ def get_provider_info() -> dict[str, Any]:
         "idempotent across retries, cancelled on kill and timeout, with MLflow lineage.",
         "versions": [__version__],
         "integrations": [{"integration-name": INTEGRATION, "external-doc-url": "https://www.kubeflow.org/docs/"}],
-        "operators": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider.operators.kubeflow"]}],
+        "operators": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider.operators.kubeflow", "airflow_provider.operators.registry"]}],
         "sensors": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider.sensors.kubeflow"]}],
         "hooks": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider.hooks.kubeflow"]}],
         "triggers": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider.triggers.kubeflow"]}],

@@ -5,6 +5,7 @@ It imports pydolphinscheduler, never kfp, kubernetes, mlflow, optuna or torch.
 """
 
 from dolphinscheduler_tasks.offline import offline
+from dolphinscheduler_tasks.promotion import ModelPromotion
 from dolphinscheduler_tasks.tasks import (
     KatibExperiment,
     KubeflowPipeline,
@@ -22,6 +23,7 @@ __all__ = [
     "KatibExperiment",
     "KubeflowPipeline",
     "KubeflowTask",
+    "ModelPromotion",
     "PyTorchJob",
     "Summary",
     "TFJob",

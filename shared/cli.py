@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from shared import cli_promote
+from shared import cli_promote, cli_schedule
 from shared.errors import KubeflowTasksError, NotFound, SpecError
 from shared.status import Handle, Kind, State
 
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--output", choices=OUTPUTS, default="text")
 
     cli_promote.add_parser(sub)
+    cli_schedule.add_parser(sub)
     return parser
 
 
@@ -276,6 +277,7 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "list": cmd_list,
     "promote": cli_promote.cmd_promote,
+    "schedule": cli_schedule.cmd_schedule,
 }
 
 

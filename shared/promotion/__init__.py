@@ -12,7 +12,17 @@ from shared.promotion.decision import PROMOTED, REJECTED, decide
 from shared.promotion.registry import Decision, promote
 from shared.promotion.spec import PromotionSpec, from_mapping, promotion_spec
 
-OUT_PARAMETERS = ("model_name", "model_version", "decision", "champion_version", "value", "reason")
+OUT_PARAMETERS = (
+    "model_name",
+    "model_version",
+    "decision",
+    "champion_version",
+    "previous_champion_version",
+    "value",
+    "champion_value",
+    "baseline_value",
+    "reason",
+)
 
 __all__ = [
     "OUT_PARAMETERS",
