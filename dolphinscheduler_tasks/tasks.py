@@ -193,8 +193,9 @@ def register() -> None:
     from pydolphinscheduler import tasks
 
     from dolphinscheduler_tasks.promotion import ModelPromotion
+    from dolphinscheduler_tasks.schedule import KubeflowRecurringRun
 
-    for cls in (*TASK_TYPES, ModelPromotion):
+    for cls in (*TASK_TYPES, ModelPromotion, KubeflowRecurringRun):
         setattr(tasks, cls.__name__, cls)
         if cls.__name__ not in tasks.__all__:
             tasks.__all__.append(cls.__name__)

@@ -121,3 +121,28 @@ def test_the_local_backend_refuses_in_one_line(schedule, tmp_path):
     assert code == 2
     (line,) = err.splitlines()
     assert "the scheduler that runs this command is the recurrence" in line
+
+
+def test_the_airflow_operator_applies_the_same_rules(k8s_double, tmp_path, monkeypatch):
+    """The operator's execute, in process, with the connection from an AIRFLOW_CONN_ variable."""
+    from airflow_provider.operators.recurring import KubeflowRecurringRunOperator
+    from shared.errors import SpecError
+
+    kubeconfig = k8s_double.write_kubeconfig(tmp_path / "kubeconfig")
+    monkeypatch.setenv("AIRFLOW_CONN_KFP_DOUBLE", json.dumps({
+        "conn_type": "kubeflow", "host": k8s_double.kfp_url, "password": k8s_double.kfp_token,
+        "extra": {"backend": "kubernetes", "kubeconfig_path": str(kubeconfig)},
+    }))
+    spec = str(run_spec(tmp_path))
+
+    def operator(cron: str, **kwargs) -> KubeflowRecurringRunOperator:
+        return KubeflowRecurringRunOperator(task_id="schedule", spec=spec, cron=cron, key="dag/schedule",
+                                            kubeflow_conn_id="kfp_double", **kwargs)
+
+    assert operator("0 2 * * *").execute({})["action"] == "created"
+    assert operator("0 2 * * *").execute({})["action"] == "unchanged"
+    assert operator("0 5 * * *").execute({})["action"] == "replaced"
+    assert operator("0 5 * * *", disable=True).execute({})["status"] == "DISABLED"
+    assert len(recurring(k8s_double)) == 1
+    with pytest.raises(SpecError, match=r"^cron: "):
+        operator("0 25 * * *")  # when the DAG is parsed
