@@ -19,12 +19,13 @@ DAG_ID = "commodity_nightly_retraining"
 TASKS = ("baseline_pipeline", "hpo", "train")
 
 
+@pytest.mark.timeout(1500)  # five tasks with real training on two shared cores; the promotion loads torch thrice
 def test_nightly_dag_runs_with_lineage_in_mlflow_and_xcom(tmp_path: Path, mlflow_server: str) -> None:
     from mlflow.tracking import MlflowClient
 
     env = new_airflow(tmp_path, dags_folder=ROOT / "dags")
     env.set_connection("kubeflow_default", "kubeflow", {"mlflow_tracking_uri": mlflow_server, "state_dir": str(env.state_dir)})
-    code, output = run_to_end(env, "dags", "test", DAG_ID, "2026-11-20", log_name="dags-test.log", timeout=600)
+    code, output = run_to_end(env, "dags", "test", DAG_ID, "2026-11-20", log_name="dags-test.log", timeout=1200)
     assert code == 0, output[-6000:]
     assert env.task_states(DAG_ID) == {**{t: "success" for t in TASKS}, "promote": "success", "summary": "success"}
 

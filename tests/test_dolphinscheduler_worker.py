@@ -71,6 +71,7 @@ def cli_status(run_id: str) -> dict:
     return json.loads(proc.stdout)
 
 
+@pytest.mark.timeout(1500)  # the whole night, promotion included, on two shared cores
 def test_nightly_workflow_runs_with_the_mlflow_run_id_flowing_task_to_task(worker, tmp_path, mlflow_server):
     from dags.dolphinscheduler.commodity_nightly import build_workflow
 
