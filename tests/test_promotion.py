@@ -231,3 +231,21 @@ def test_the_rule_needs_the_margin_over_the_champion_and_any_win_over_the_baseli
     assert decide("rmse", 0.69, 1.0, 0.75, margin=0.05).decision == "promoted"
     assert decide("auc", 0.9, 0.5, 0.8, greater_is_better=True, margin=0.05).decision == "promoted"
     assert decide("auc", 0.84, 0.5, 0.8, greater_is_better=True, margin=0.05).decision == "rejected"
+
+
+def test_a_retry_after_a_kill_between_decision_and_alias_only_moves_the_alias(tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    log = tmp_path / "judged.log"
+    run_id = training_run(client, tmp_path, 0.5)
+    assert promote_cli(mlflow_server, "halfway", run_id, "night/1", log)[0] == 0
+    # What a try killed right after writing its decision leaves: decided, alias not yet moved.
+    client.delete_registered_model_alias("halfway", "champion")
+    judged = len(log.read_text().splitlines())
+
+    code, result, err = promote_cli(mlflow_server, "halfway", run_id, "night/1", log)
+    assert code == 0, err
+    assert result["decided_before"] and result["decision"] == "promoted" and result["champion_version"] == "1"
+    assert client.get_model_version_by_alias("halfway", "champion").version == "1"
+    assert len(log.read_text().splitlines()) == judged  # nothing judged again
