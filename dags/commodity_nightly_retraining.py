@@ -1,9 +1,14 @@
-"""Nightly commodity-price retraining: KFP pipeline -> Katib TPE -> PyTorchJob -> summary.
+"""Nightly commodity-price retraining: KFP pipeline -> Katib TPE -> PyTorchJob -> promotion -> summary.
 
 Runs on this machine with no set-up (no `kubeflow_default` connection means the local backend) and
 on a Kubeflow cluster by creating the `kubeflow_default` connection with backend `kubernetes`; the
 specs are the manifests in `commodity/`. Each task opens an MLflow run (tracking URI from the
 connection, else $MLFLOW_TRACKING_URI) naming the previous task's run, whose id comes through XCom.
+
+The promotion registers the PyTorchJob's model as a version of `commodity-forecaster` and moves
+its alias `champion` only when it beats the current champion by MARGIN and the naive baseline
+("tomorrow's price is today's"), all judged on the night's holdout by commodity/evaluate.py; a new
+champion is an event of the asset `champion_asset(MODEL_NAME)` that a deployment DAG can schedule on.
 
 The night's data lives at `<data_root>/<logical date>/prices.csv`; `data_root` is a DAG param
 (default: under the kubeflow-tasks state directory; on a cluster, a path every pod can read).
@@ -11,6 +16,7 @@ The night's data lives at `<data_root>/<logical date>/prices.csv`; `data_root` i
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -21,10 +27,13 @@ from airflow_provider.operators.kubeflow import (
     KubeflowPipelineRunOperator,
     PyTorchJobOperator,
 )
+from airflow_provider.operators.registry import MlflowModelPromotionOperator
 from shared.backends.local.store import default_state_root
 
 SPECS = Path(__file__).resolve().parent / "commodity"
 DATA_PATH = "{{ params.data_root }}/{{ ds }}/prices.csv"
+MODEL_NAME = "commodity-forecaster"
+MARGIN = 0.01  # rmse the challenger must gain over the champion
 
 
 def _upstream(task_id: str) -> str:
@@ -33,6 +42,17 @@ def _upstream(task_id: str) -> str:
 
 def _best(name: str) -> str:
     return "{{ ti.xcom_pull(task_ids='hpo', key='best_parameters')['" + name + "'] }}"
+
+
+def _mlflow_look_command() -> str:
+    """How to see the registered model: the UI command for a local store, the page for a server."""
+    from airflow_provider.hooks.kubeflow import KubeflowHook
+    from shared.mlflow_handoff import _display_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(KubeflowHook().options.mlflow_tracking_uri) or ""
+    if uri.startswith(("http://", "https://")):
+        return f"open {_display_uri(uri).rstrip('/')}/#/models/{MODEL_NAME}"
+    return f"mlflow ui --backend-store-uri {uri}  (then Models > {MODEL_NAME})"
 
 
 def _trained_metric(run_id: str | None, name: str) -> float | None:
@@ -81,10 +101,24 @@ with DAG(
         upstream_mlflow_run_id=_upstream("hpo"),
     )
 
+    promote = MlflowModelPromotionOperator(
+        task_id="promote",
+        model_name=MODEL_NAME,
+        run_id=_upstream("train"),
+        evaluate=[sys.executable, str(SPECS / "evaluate.py"), "--data", DATA_PATH, "--model-uri", "{model_uri}"],
+        metric="rmse",
+        margin=MARGIN,
+    )
+
     @task
     def summary(ti=None) -> dict[str, str]:
-        """Print the night's results: best parameters, metrics and the MLflow lineage."""
+        """Print the night's results: best parameters, metrics, the promotion and the MLflow lineage."""
         pull = ti.xcom_pull
+
+        def promoted(key: str):
+            return pull(task_ids="promote", key=key)
+
+        previous = promoted("previous_champion_version")
         best = pull(task_ids="hpo", key="best_parameters") or {}
         metrics = pull(task_ids="hpo", key="best_metrics") or {}
         rows = {
@@ -94,6 +128,12 @@ with DAG(
             **{f"best trial {name}": value for name, value in metrics.items()},
             "PyTorchJob": pull(task_ids="train", key="remote_id"),
             "PyTorchJob val_rmse (from MLflow)": _trained_metric(pull(task_ids="train", key="mlflow_run_id"), "val_rmse"),
+            "challenger": f"{MODEL_NAME} v{promoted('model_version')}: rmse {promoted('value')}",
+            "champion before": f"v{previous}: rmse {promoted('champion_value')}" if previous else "none (first night)",
+            "naive baseline": f"rmse {promoted('baseline_value')}",
+            "decision": f"{promoted('decision')}: {promoted('reason')}",
+            "champion now": f"{MODEL_NAME} v{promoted('champion_version')}" if promoted("champion_version") else "none",
+            "look at them": _mlflow_look_command(),
             **{f"MLflow run: {t}": pull(task_ids=t, key="mlflow_run_id") for t in ("baseline_pipeline", "hpo", "train")},
         }
         width = max(len(name) for name in rows)
@@ -101,4 +141,4 @@ with DAG(
         print("\n".join(lines), flush=True)
         return {name: str(value) for name, value in rows.items()}
 
-    baseline >> hpo >> train >> summary()
+    baseline >> hpo >> train >> promote >> summary()

@@ -16,7 +16,10 @@ export AIRFLOW_HOME="$STATE/airflow"
 export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
-export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$STATE/mlflow.db}"
+if [ -z "${MLFLOW_TRACKING_URI:-}" ]; then
+    export MLFLOW_TRACKING_URI="sqlite:///$STATE/mlflow.db"
+    LOCAL_MLFLOW=1
+fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"  # pipelines named `dags.commodity.pipeline:...` import from here
 
@@ -24,6 +27,14 @@ mkdir -p "$AIRFLOW_HOME"
 if [ ! -f "$AIRFLOW_HOME/airflow.db" ]; then
     echo "creating the Airflow database in $AIRFLOW_HOME" >&2
     "$PY" -m airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { tail -20 "$AIRFLOW_HOME/db-migrate.log" >&2; exit 1; }
+fi
+
+if [ -n "${LOCAL_MLFLOW:-}" ] && [ ! -f "$STATE/mlflow.db" ]; then
+    # A SQLite store keeps artifacts (the registered models) in ./mlruns unless the experiment says
+    # otherwise: keep them in the state directory, not in the checkout.
+    mkdir -p "$STATE"
+    "$PY" -c 'import sys; from mlflow.tracking import MlflowClient as C; c = C(sys.argv[1]); c.get_experiment_by_name("kubeflow-tasks") or c.create_experiment("kubeflow-tasks", artifact_location=sys.argv[2])' \
+        "$MLFLOW_TRACKING_URI" "$STATE/mlflow-artifacts" >"$STATE/mlflow-init.log" 2>&1 || { tail -5 "$STATE/mlflow-init.log" >&2; exit 1; }
 fi
 
 LOG="$AIRFLOW_HOME/demo-$(date +%Y%m%d-%H%M%S).log"

@@ -5,6 +5,8 @@ It imports pydolphinscheduler, never kfp, kubernetes, mlflow, optuna or torch.
 """
 
 from dolphinscheduler_tasks.offline import offline
+from dolphinscheduler_tasks.promotion import ModelPromotion
+from dolphinscheduler_tasks.schedule import KubeflowRecurringRun
 from dolphinscheduler_tasks.tasks import (
     KatibExperiment,
     KubeflowPipeline,
@@ -21,7 +23,9 @@ register()
 __all__ = [
     "KatibExperiment",
     "KubeflowPipeline",
+    "KubeflowRecurringRun",
     "KubeflowTask",
+    "ModelPromotion",
     "PyTorchJob",
     "Summary",
     "TFJob",

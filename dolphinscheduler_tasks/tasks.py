@@ -195,7 +195,10 @@ def register() -> None:
     look task classes up by name in `pydolphinscheduler.tasks.__all__`."""
     from pydolphinscheduler import tasks
 
-    for cls in TASK_TYPES:
+    from dolphinscheduler_tasks.promotion import ModelPromotion
+    from dolphinscheduler_tasks.schedule import KubeflowRecurringRun
+
+    for cls in (*TASK_TYPES, ModelPromotion, KubeflowRecurringRun):
         setattr(tasks, cls.__name__, cls)
         if cls.__name__ not in tasks.__all__:
             tasks.__all__.append(cls.__name__)

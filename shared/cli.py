@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from shared import cli_promote, cli_schedule
 from shared.errors import KubeflowTasksError, NotFound, SpecError
 from shared.status import Handle, Kind, State
 
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list runs")
     backend_args(lst)
     lst.add_argument("--output", choices=OUTPUTS, default="text")
+
+    cli_promote.add_parser(sub)
+    cli_schedule.add_parser(sub)
     return parser
 
 
@@ -360,7 +364,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel, "list": cmd_list}
+COMMANDS = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "logs": cmd_logs,
+    "cancel": cmd_cancel,
+    "list": cmd_list,
+    "promote": cli_promote.cmd_promote,
+    "schedule": cli_schedule.cmd_schedule,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

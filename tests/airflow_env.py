@@ -119,6 +119,15 @@ class AirflowEnv:
         )
         return {key: _json(value) for key, value in rows}
 
+    def asset_events(self, uri: str) -> list[dict[str, Any]]:
+        """The events of the asset with this URI, oldest first, each as {"extra": ..., "source_task_id": ...}."""
+        rows = self.query(
+            "SELECT e.extra, e.source_task_id FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE a.uri = ? ORDER BY e.timestamp",
+            uri,
+        )
+        return [{"extra": _json(extra), "source_task_id": task} for extra, task in rows]
+
     def task_states(self, dag_id: str) -> dict[str, str]:
         return dict(self.query("SELECT task_id, state FROM task_instance WHERE dag_id = ?", dag_id))
 

@@ -19,14 +19,15 @@ DAG_ID = "commodity_nightly_retraining"
 TASKS = ("baseline_pipeline", "hpo", "train")
 
 
+@pytest.mark.timeout(1500)  # five tasks with real training on two shared cores; the promotion loads torch thrice
 def test_nightly_dag_runs_with_lineage_in_mlflow_and_xcom(tmp_path: Path, mlflow_server: str) -> None:
     from mlflow.tracking import MlflowClient
 
     env = new_airflow(tmp_path, dags_folder=ROOT / "dags")
     env.set_connection("kubeflow_default", "kubeflow", {"mlflow_tracking_uri": mlflow_server, "state_dir": str(env.state_dir)})
-    code, output = run_to_end(env, "dags", "test", DAG_ID, "2026-11-20", log_name="dags-test.log", timeout=600)
+    code, output = run_to_end(env, "dags", "test", DAG_ID, "2026-11-20", log_name="dags-test.log", timeout=1200)
     assert code == 0, output[-6000:]
-    assert env.task_states(DAG_ID) == {**{t: "success" for t in TASKS}, "summary": "success"}
+    assert env.task_states(DAG_ID) == {**{t: "success" for t in TASKS}, "promote": "success", "summary": "success"}
 
     xcoms = {task: env.xcoms(DAG_ID, task) for task in TASKS}
     for task in TASKS:
@@ -58,3 +59,18 @@ def test_nightly_dag_runs_with_lineage_in_mlflow_and_xcom(tmp_path: Path, mlflow
     assert "| trial 12/12 " in output  # the experiment's progress in the task log
     assert "best learning_rate" in output  # the summary table
     assert f"PyTorchJob val_rmse (from MLflow)  {runs['train'].data.metrics['val_rmse']}" in output
+
+    # The night ends with the promotion: the model beats the naive baseline on the holdout and is
+    # registered with its lineage; the first champion of a fresh registry is this one.
+    promoted = env.xcoms(DAG_ID, "promote")
+    assert float(promoted["value"]) < float(promoted["baseline_value"])
+    version = client.get_model_version("commodity-forecaster", promoted["model_version"])
+    assert version.run_id == runs["train"].info.run_id
+    assert version.tags["kubeflow_tasks.decision"] == promoted["decision"]
+    assert version.tags["kubeflow_tasks.best_trial"] == xcoms["hpo"]["best_trial"]
+    assert version.tags["kubeflow_tasks.pipeline_run_id"] == xcoms["baseline_pipeline"]["remote_id"]
+    assert client.get_model_version_by_alias("commodity-forecaster", "champion").version == promoted["champion_version"]
+    assert f"{promoted['decision']}: {promoted['reason']}" in output  # the summary table
+    if promoted["decision"] == "promoted":  # a new champion is an event of the model's asset
+        events = env.asset_events("x-mlflow-model://commodity-forecaster/champion")
+        assert [e["extra"]["model_version"] for e in events][-1:] == [promoted["model_version"]]

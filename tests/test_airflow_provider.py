@@ -36,7 +36,8 @@ def test_airflow_lists_the_provider_and_its_connection_type(tmp_path: Path) -> N
 def test_importing_operators_and_the_dag_loads_no_heavy_client() -> None:
     code = (
         "import sys, runpy\n"
-        "import airflow_provider.operators.kubeflow, airflow_provider.sensors.kubeflow\n"
+        "import airflow_provider.operators.kubeflow, airflow_provider.operators.registry, airflow_provider.operators.recurring\n"
+        "import airflow_provider.sensors.kubeflow\n"
         "import airflow_provider.triggers.kubeflow, airflow_provider.hooks.kubeflow, airflow_provider.links\n"
         "runpy.run_path('dags/commodity_nightly_retraining.py')\n"
         f"print([m for m in {HEAVY!r} if m in sys.modules])\n"

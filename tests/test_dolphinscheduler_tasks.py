@@ -97,12 +97,12 @@ def nightly_yaml(monkeypatch):
 def test_nightly_workflow_generates_offline_as_valid_shell_tasks():
     workflow = nightly_python()
     tasks = workflow.task_definition_json
-    assert [t["name"] for t in tasks] == ["prepare", "tune", "train", "summary"]
+    assert [t["name"] for t in tasks] == ["prepare", "tune", "train", "promote", "summary"]
     for task in tasks:
         jsonschema.validate(task, SHELL_TASK)
     by_name = {t["name"]: t for t in tasks}
     relations = {(r["preTaskCode"], r["postTaskCode"]) for r in workflow.task_relation_json}
-    codes = [by_name[n]["code"] for n in ("prepare", "tune", "train", "summary")]
+    codes = [by_name[n]["code"] for n in ("prepare", "tune", "train", "promote", "summary")]
     assert relations == {(0, codes[0]), *zip(codes, codes[1:], strict=False)}
     assert workflow.schedule == "0 0 2 * * ? *"  # daily at 02:00
     assert workflow.param_json == [
@@ -120,6 +120,13 @@ def test_nightly_workflow_generates_offline_as_valid_shell_tasks():
     assert "exec kubeflow-tasks run experiment" in script
     assert f"--timeout {cli_deadline_seconds(120)}s" in script and cli_deadline_seconds(120) < 120 * 60
     assert "dolphinscheduler/${system.workflow.instance.id}/${system.task.definition.code}" in script
+    promote = by_name["promote"]
+    outs = [p["prop"] for p in promote["taskParams"]["localParams"] if p["direct"] == "OUT"]
+    assert {"model_version", "decision", "champion_version"} <= set(outs)
+    script = promote["taskParams"]["rawScript"]
+    assert "exec kubeflow-tasks promote" in script and "--output setvalue" in script
+    assert "dolphinscheduler/${system.workflow.instance.id}/${system.task.definition.code}" in script
+    assert f"cd {COMMODITY}" in script
     # Generating again gives the same definitions, so submitting an unchanged workflow stores no new
     # task version: the codes (offline: from the names) and the scripts, here-document delimiters included.
     assert nightly_python().task_definition_json == tasks
@@ -143,7 +150,7 @@ def test_define_command_prints_the_yaml_workflow_without_a_gateway():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     define = json.loads(proc.stdout)
-    assert [t["taskType"] for t in define["taskDefinitionJson"]] == ["SHELL"] * 4
+    assert [t["taskType"] for t in define["taskDefinitionJson"]] == ["SHELL"] * 5
     assert "Traceback" not in proc.stderr  # the gateway probe at import stays quiet
 
 

@@ -75,6 +75,7 @@ def cli_status(run_id: str) -> dict:
     return json.loads(proc.stdout)
 
 
+@pytest.mark.timeout(1500)  # the whole night, promotion included, on two shared cores
 def test_nightly_workflow_runs_with_the_mlflow_run_id_flowing_task_to_task(worker, tmp_path, mlflow_server):
     from dags.dolphinscheduler.commodity_nightly import build_workflow
 
@@ -85,7 +86,7 @@ def test_nightly_workflow_runs_with_the_mlflow_run_id_flowing_task_to_task(worke
     results = worker.run_workflow(workflow.task_definition_json, workflow.task_relation_json)
 
     assert {name: r.state for name, r in results.items()} == dict.fromkeys(
-        ["prepare", "tune", "train", "summary"], SUCCESS
+        ["prepare", "tune", "train", "promote", "summary"], SUCCESS
     ), {name: r.log[-3000:] for name, r in results.items()}
     prepare, tune, train = (results[n].var_pool for n in ("prepare", "tune", "train"))
     assert prepare["state"] == tune["state"] == train["state"] == "SUCCEEDED"
@@ -101,6 +102,18 @@ def test_nightly_workflow_runs_with_the_mlflow_run_id_flowing_task_to_task(worke
     summary = results["summary"].log
     assert f"MLflow run of the training (its upstream tags lead back to the pipeline): {train['mlflow_run_id']}" in summary
     assert f"training job: {train['name']} SUCCEEDED" in summary
+    # The night ends with the promotion: the trained model beats the naive baseline on the holdout,
+    # and its registered version carries the decision (OUT parameters, tags, the summary).
+    promote = results["promote"].var_pool
+    assert promote["decision"] in ("promoted", "rejected") and promote["model_version"]
+    assert float(promote["value"]) < float(promote["baseline_value"])
+    version = client.get_model_version("commodity-forecaster", promote["model_version"])
+    assert version.run_id == train["mlflow_run_id"]
+    assert version.tags["kubeflow_tasks.decision"] == promote["decision"]
+    assert version.tags["kubeflow_tasks.best_trial"] and version.tags["kubeflow_tasks.pipeline_run_id"] == prepare["id"]
+    champion = client.get_model_version_by_alias("commodity-forecaster", "champion").version
+    assert promote["champion_version"] == champion
+    assert f"decision: {promote['decision']}: {promote['reason']}" in summary
     # The key is the workflow instance and the task code: running the task again adopts the success.
     again = worker.run(next(t for t in workflow.task_definition_json if t["name"] == "train"), tune)
     assert again.state == SUCCESS and again.var_pool["id"] == train["id"] and "adopted" in again.log

@@ -355,6 +355,12 @@ def test_trials_become_nested_mlflow_runs(tmp_path: Path, mlflow_server: str) ->
         assert len(client.get_metric_history(mlflow_run.info.run_id, "rmse")) > 1
     assert parent not in {r.info.run_id for r in runs}
 
+    # The parent run got the HPO plots, made from those trial runs.
+    plots = sorted(a.path for a in client.list_artifacts(parent, "hpo"))
+    assert plots == ["hpo/optimization_history.png", "hpo/parallel_coordinate.png", "hpo/param_importances.png"]
+    local = client.download_artifacts(parent, "hpo/optimization_history.png", str(tmp_path))
+    assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
 
 def test_importing_the_local_experiment_modules_stays_light() -> None:
     import subprocess

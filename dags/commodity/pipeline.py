@@ -16,26 +16,31 @@ BASE_IMAGE = "python:3.11"
 
 @dsl.component(base_image=BASE_IMAGE, packages_to_install=["numpy"])
 def prepare_data(data_path: str, n_days: int, seed: int) -> int:
-    """Write the synthetic series as `day,price` CSV to data_path; the number of rows."""
+    """Write the synthetic series as `day,price,driver` CSV to data_path; the number of rows."""
     import os
 
     import numpy as np
 
-    # Same generator as dags/commodity/data.py:synthetic_prices.
+    # Same generator as dags/commodity/data.py:synthetic_series.
     rng = np.random.default_rng(seed)
     day = np.arange(n_days)
-    trend = 80.0 + 0.01 * day
-    season = 6.0 * np.sin(2 * np.pi * day / 365.25)
-    walk = np.cumsum(rng.normal(0.0, 0.3, n_days))
-    noise = rng.normal(0.0, 0.8, n_days)
-    prices = np.round(trend + season + walk + noise, 4)
+    level = 80.0 + 0.01 * day + 6.0 * np.sin(2 * np.pi * day / 365.25)
+    driver = np.zeros(n_days)
+    gap = np.zeros(n_days)
+    shocks = rng.normal(0.0, 0.6, n_days)
+    steps = rng.normal(0.0, 0.3, n_days)
+    for t in range(1, n_days):
+        driver[t] = 0.8 * driver[t - 1] + shocks[t]
+        gap[t] = (1 - 0.15) * gap[t - 1] + 0.8 * driver[t - 1] + steps[t]
+    prices = np.round(level + gap + rng.normal(0.0, 0.3, n_days), 4)
+    driver = np.round(driver, 4)
 
     folder = os.path.dirname(os.path.abspath(data_path))
     os.makedirs(folder, exist_ok=True)
     with open(data_path, "w") as f:
-        f.write("day,price\n")
-        for i, price in enumerate(prices):
-            f.write(f"{i},{price:.4f}\n")
+        f.write("day,price,driver\n")
+        for i, (price, push) in enumerate(zip(prices, driver, strict=True)):
+            f.write(f"{i},{price:.4f},{push:.4f}\n")
     print(f"wrote {len(prices)} prices to {data_path}")
     return len(prices)
 

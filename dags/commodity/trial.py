@@ -1,6 +1,7 @@
 """One Katib trial of the commodity demo: a tiny gradient-boosted forecaster of tomorrow's price.
 
-Reads a `day,price` CSV, predicts each price from the 7 before it, validates on the last 20% of
+Reads a `day,price,driver` CSV, predicts each price from the 7 before it and the day's driver
+(a CSV without the driver column works too), validates on the last 20% of
 the days, and prints `rmse=<value>` in Katib's StdOut format every few rounds (so median stop has
 steps to judge) and once more at the end. The booster is numpy only: depth-1 stumps on the lag
 features, fitted to the residuals with shrinkage `--learning-rate`, `--num-estimators` rounds.
@@ -22,22 +23,28 @@ LAGS = 7
 REPORT_EVERY = 10
 
 
-def load_prices(path: str) -> np.ndarray:
+def load_prices(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(prices, driver); the driver is zero when the CSV has no such column."""
     data = np.genfromtxt(path, delimiter=",", names=True)
     if data.dtype.names is None or "price" not in data.dtype.names:
-        raise SystemExit(f"{path}: expected a CSV with header day,price")
-    return np.asarray(data["price"], dtype=float)
+        raise SystemExit(f"{path}: expected a CSV with header day,price[,driver]")
+    prices = np.asarray(data["price"], dtype=float)
+    driver = np.asarray(data["driver"], dtype=float) if "driver" in data.dtype.names else np.zeros_like(prices)
+    return prices, driver
 
 
-def lag_features(prices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def lag_features(prices: np.ndarray, driver: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Features and target of every window of LAGS prices and the price that followed.
 
     Trees cannot extrapolate a trend, so both sides are relative to the last known price: the
-    features are the LAGS previous prices minus it, the target is the next price minus it.
+    features are the LAGS previous prices minus it and the driver of the last known day, the
+    target is the next price minus it.
     """
     windows = np.lib.stride_tricks.sliding_window_view(prices, LAGS + 1)
     last = windows[:, LAGS - 1]
-    return windows[:, :LAGS] - last[:, None], windows[:, LAGS] - last
+    driver = np.zeros_like(prices) if driver is None else driver
+    known = driver[LAGS - 1 : LAGS - 1 + len(windows)]
+    return np.column_stack([windows[:, :LAGS] - last[:, None], known]), windows[:, LAGS] - last
 
 
 def fit_stump(
@@ -86,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-estimators", type=int, default=100)
     args = parser.parse_args(argv)
 
-    x, y = lag_features(load_prices(args.data))
+    x, y = lag_features(*load_prices(args.data))
     split = int(len(y) * 0.8)  # the last 20% of the days validate; errors on changes = errors on prices
     x_train, y_train, x_valid, y_valid = x[:split], y[:split], x[split:], y[split:]
-    thresholds = [np.unique(np.quantile(x_train[:, f], np.linspace(0.05, 0.95, 19))) for f in range(LAGS)]
+    thresholds = [
+        np.unique(np.quantile(x_train[:, f], np.linspace(0.05, 0.95, 19))) for f in range(x_train.shape[1])
+    ]
 
     run = mlflow_run()
     if run:

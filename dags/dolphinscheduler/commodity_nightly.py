@@ -1,7 +1,8 @@
 """The nightly commodity-price retraining as a DolphinScheduler workflow (pydolphinscheduler, Python).
 
 prepare (KFP pipeline) -> tune (Katib TPE experiment) -> train (PyTorchJob with the best parameters)
--> summary, daily at 02:00. Each task hands its MLflow run id to the next through its OUT parameter
+-> promote (register the model, `champion` only if it beats champion and naive baseline) -> summary,
+daily at 02:00. Each task hands its MLflow run id to the next through its OUT parameter
 `mlflow_run_id`, which the next task names as its upstream run: one lineage per night. The tuned
 values reach the training job as `${best_learning_rate}` and `${best_num_estimators}`.
 
@@ -20,7 +21,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dolphinscheduler_tasks import KatibExperiment, KubeflowPipeline, PyTorchJob, Summary, offline
+from dolphinscheduler_tasks import (
+    KatibExperiment,
+    KubeflowPipeline,
+    ModelPromotion,
+    PyTorchJob,
+    Summary,
+    offline,
+)
 
 COMMODITY = Path(__file__).resolve().parents[1] / "commodity"
 NAME = "commodity-nightly"
@@ -29,6 +37,8 @@ DATA_ROOT = "/tmp/kubeflow-tasks/commodity"
 # One data file per workflow instance: a rerun of the same night reuses it, the next night does not.
 DATA_PATH = "${data_root}/${system.workflow.instance.id}/prices.csv"
 RETRIES = {"fail_retry_times": 2, "fail_retry_interval": 5}
+MODEL_NAME = "commodity-forecaster"
+EVALUATE = ["python", "evaluate.py", "--data", DATA_PATH, "--model-uri", "{model_uri}"]  # in COMMODITY
 
 
 def build_workflow(data_root: str = DATA_ROOT, **task_options: Any):
@@ -66,16 +76,31 @@ def build_workflow(data_root: str = DATA_ROOT, **task_options: Any):
             **RETRIES,
             **task_options,
         )
+        promote = ModelPromotion(
+            name="promote",
+            model_name=MODEL_NAME,
+            run_id="${mlflow_run_id}",
+            evaluate=EVALUATE,
+            working_dir=COMMODITY,
+            margin=0.01,
+            mlflow_tracking_uri=task_options.get("mlflow_tracking_uri"),
+            **RETRIES,
+        )
         summary = Summary(
             name="summary",
             rows={
+                "challenger": f"{MODEL_NAME} v${{model_version}}: rmse ${{value}}",
+                "champion before": "v${previous_champion_version}: rmse ${champion_value}",
+                "naive baseline": "rmse ${baseline_value}",
+                "decision": "${decision}: ${reason}",
+                "champion now": f"{MODEL_NAME} v${{champion_version}}",
                 "best parameters": "${best_parameters}",
                 "best trial metrics": "${best_metrics}",
                 "training job": "${name} ${state}",
                 "MLflow run of the training (its upstream tags lead back to the pipeline)": "${mlflow_run_id}",
             },
         )
-        prepare >> tune >> train >> summary
+        prepare >> tune >> train >> promote >> summary
     return workflow
 
 

@@ -6,6 +6,11 @@ strings, errors as `{code, message, details}` (google.rpc.Status; 3 InvalidArgum
 definitions: unknown fields rejected (protojson), types and enum values enforced.
 
 Run lifecycle: PENDING -> RUNNING -> SUCCEEDED | FAILED; `:terminate` -> CANCELING -> CANCELED.
+Recurring runs (`/recurringruns`): created ENABLED or DISABLED by `mode`, `:enable` / `:disable`,
+deleted; listed per `namespace` (multi-user KFP keeps them per profile namespace). They never start
+runs here: a test checks what is scheduled, not the scheduler. A body must reference an uploaded
+pipeline version or carry a pipeline spec, and a cron the API server's parser accepts.
+
 Outcome per run: the pipeline parameter `double_outcome` (SUCCEEDED | FAILED | HANG, HANG never
 finishes until terminated) and `double_run_seconds`, else `KfpRuns.outcomes` (display-name
 substring -> outcome), else the defaults in `KfpRuns`.
@@ -62,7 +67,7 @@ class Swagger:
 
     def __init__(self, specs_dir: Path) -> None:
         self.defs: dict[str, Any] = {}
-        for name in ("run", "experiment", "pipeline", "filter"):
+        for name in ("run", "experiment", "pipeline", "filter", "recurring_run"):
             doc = json.loads((specs_dir / "kfp-v2beta1" / f"{name}.swagger.json").read_text())
             self.defs.update(doc.get("definitions", {}))
 
@@ -170,6 +175,16 @@ def apply_filter(items: list[dict[str, Any]], raw: str) -> list[dict[str, Any]]:
     return out
 
 
+def _valid_cron(cron: str) -> bool:
+    """robfig/cron's six fields (seconds first) or a descriptor, as KFP's scheduled workflow parses it."""
+    from croniter import croniter
+
+    fields = cron.split()
+    if cron.startswith("@"):
+        return croniter.is_valid(cron)
+    return len(fields) == 6 and croniter.is_valid(cron, second_at_beginning=True)
+
+
 class KfpApi:
     """Experiments, pipelines and runs in memory; `step()` (called by the controller thread) moves runs."""
 
@@ -181,6 +196,7 @@ class KfpApi:
         self.pipelines: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, dict[str, Any]] = {}
         self.runs: dict[str, dict[str, Any]] = {}
+        self.recurring: dict[str, dict[str, Any]] = {}
         self.timeline: dict[str, tuple[str, float]] = {}  # run_id -> (state, monotonic since)
         self.behaviour = KfpRuns()
         self.record_change = record_change
@@ -239,6 +255,8 @@ class KfpApi:
             return self._pipelines(req, rest[1:])
         if rest[0] == "runs":
             return self._runs(req, rest[1:])
+        if rest[0] == "recurringruns":
+            return self._recurring(req, rest[1:])
         raise KfpError(404, "Not Found")
 
     # -- experiments
@@ -287,7 +305,8 @@ class KfpApi:
         if rest in (["upload"], ["upload_version"]) and req.method == "POST":
             return self._upload(req, version_only=rest == ["upload_version"])
         if not rest and req.method == "GET":
-            items = apply_filter(list(self.pipelines.values()), req.query.get("filter", "").replace('"name"', '"display_name"'))
+            items = [p for p in self.pipelines.values() if p.get("namespace", "") == req.query.get("namespace", "")]
+            items = apply_filter(items, req.query.get("filter", "").replace('"name"', '"display_name"'))
             page, token = _page(_sorted(items, req.query.get("sort_by", "")), req.query)
             return Response(200, {"pipelines": page, "total_size": len(items), "next_page_token": token})
         if len(rest) >= 1 and rest[0] not in self.pipelines:
@@ -296,6 +315,7 @@ class KfpApi:
             return Response(200, self.pipelines[rest[0]])
         if len(rest) == 2 and rest[1] == "versions" and req.method == "GET":
             items = [v for v in self.versions.values() if v["pipeline_id"] == rest[0]]
+            items = apply_filter(items, req.query.get("filter", ""))
             page, token = _page(_sorted(items, req.query.get("sort_by", "")), req.query)
             return Response(200, {"pipeline_versions": page, "total_size": len(items), "next_page_token": token})
         if len(rest) == 3 and rest[1] == "versions" and req.method == "GET":
@@ -326,7 +346,8 @@ class KfpApi:
             if pipeline_id not in self.pipelines:
                 raise KfpError(404, f"Not found error: Failed to get pipeline {pipeline_id}")
         else:
-            if any(p["display_name"] == name for p in self.pipelines.values()):
+            if any(p["display_name"] == name and p.get("namespace", "") == req.query.get("namespace", "")
+                   for p in self.pipelines.values()):
                 raise KfpError(409, f"Already exist error: Failed to create a pipeline. The pipeline {name} already exists")
             pipeline_id = str(uuid.uuid4())
             self.pipelines[pipeline_id] = {"pipeline_id": pipeline_id, "display_name": name, "name": name,
@@ -336,6 +357,60 @@ class KfpApi:
         self.versions[version_id] = {"pipeline_id": pipeline_id, "pipeline_version_id": version_id, "display_name": name,
                                      "name": name, "created_at": now, "pipeline_spec": spec}
         return Response(200, self.versions[version_id] if version_only else self.pipelines[pipeline_id])
+
+    # -- recurring runs
+
+    def _recurring(self, req: Request, rest: list[str]) -> Response:
+        if not rest and req.method == "POST":
+            return Response(200, self._create_recurring(req.json()))
+        if not rest and req.method == "GET":
+            namespace = req.query.get("namespace", "")
+            items = [r for r in self.recurring.values() if r.get("namespace", "") == namespace]
+            items = apply_filter(items, req.query.get("filter", ""))
+            page, token = _page(_sorted(items, req.query.get("sort_by", "")), req.query)
+            return Response(200, {"recurringRuns": copy.deepcopy(page), "total_size": len(items), "next_page_token": token})
+        recurring_id, _, verb = rest[0].partition(":")
+        if recurring_id not in self.recurring:
+            raise KfpError(404, f"Not found error: Failed to get recurring run {recurring_id}")
+        recurring = self.recurring[recurring_id]
+        if len(rest) == 1 and not verb and req.method == "GET":
+            return Response(200, copy.deepcopy(recurring))
+        if len(rest) == 1 and not verb and req.method == "DELETE":
+            del self.recurring[recurring_id]
+            return Response(200, {})
+        if verb in ("enable", "disable") and req.method == "POST":
+            recurring["status"] = "ENABLED" if verb == "enable" else "DISABLED"
+            recurring["updated_at"] = now_rfc3339()
+            return Response(200, {})
+        raise KfpError(404, "Not Found")
+
+    def _create_recurring(self, body: Any) -> dict[str, Any]:
+        self.swagger.check_def(body, "v2beta1RecurringRun")
+        if not body.get("display_name"):
+            raise KfpError(400, "Invalid input error: The recurring run name is empty. Please specify a valid name")
+        ref = body.get("pipeline_version_reference") or {}
+        if not body.get("pipeline_spec"):
+            if ref.get("pipeline_id") not in self.pipelines:
+                raise KfpError(400, "Invalid input error: Failed to create a recurring run due to missing pipeline spec or "
+                               "pipeline version reference")
+            if ref.get("pipeline_version_id") and ref["pipeline_version_id"] not in self.versions:
+                raise KfpError(404, f"Not found error: Failed to get pipeline version {ref['pipeline_version_id']}")
+        cron = ((body.get("trigger") or {}).get("cron_schedule") or {}).get("cron")
+        periodic = (body.get("trigger") or {}).get("periodic_schedule")
+        if not cron and not periodic:
+            raise KfpError(400, "Invalid input error: Trigger is required: a cron schedule or a periodic schedule")
+        if cron and not _valid_cron(cron):
+            raise KfpError(400, f"Invalid input error: Schedule cron is not a supported format(https://godoc.org/github.com/robfig/cron). Error: {cron!r}")
+        concurrency = int(body.get("max_concurrency") or 0)
+        if not 1 <= concurrency <= 10:
+            raise KfpError(400, f"Invalid input error: max concurrency of recurring run must be within [1, 10], got {concurrency}")
+        now = now_rfc3339()
+        recurring = {**copy.deepcopy(body), "recurring_run_id": str(uuid.uuid4()), "created_at": now, "updated_at": now,
+                     "status": "DISABLED" if body.get("mode") == "DISABLE" else "ENABLED",
+                     "experiment_id": body.get("experiment_id") or self._default_experiment(),
+                     "max_concurrency": str(concurrency), "namespace": body.get("namespace", "")}
+        self.recurring[recurring["recurring_run_id"]] = recurring
+        return copy.deepcopy(recurring)
 
     # -- runs
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from shared import hpo_plots
 from shared.backends.local import admission, metrics_collectors
 from shared.backends.local.median_stop import MedianStop
 from shared.backends.local.metrics import MetricsCollector
@@ -519,6 +520,7 @@ class ExperimentRunner:
             self._conclude(trial, KILLED)
         message = message or MESSAGES[reason]
         outputs = self._outputs()
+        hpo_plots.log_hpo_plots(self.ctx.mlflow, self.spec)
         if reason == EXPERIMENT_FAILED:
             return Status(State.FAILED, reason, message, outputs)
         if not outputs["best_trial"]:

@@ -1,0 +1,148 @@
+"""`kubeflow-tasks schedule pipeline` against the KFP double: one recurring run per key, in a profile namespace.
+
+The CLI runs as a real subprocess with the real kfp_server_api client against the wire-level double
+(tests/k8s_double/kfp.py, which checks bodies against the v2beta1 swagger).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ADD = REPO / "tests" / "data" / "specs" / "pipelines" / "add.yaml"
+NAMESPACE = "team-a"  # multi-user KFP: runs, pipelines and recurring runs live in a profile namespace
+
+
+def run_spec(tmp_path: Path, name: str = "adder", parameters: dict | None = None) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "kubeflow-tasks/v1", "kind": "PipelineRun",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"pipeline": str(ADD), "parameters": parameters or {"a": 1, "b": 2}},
+    }))
+    return path
+
+
+@pytest.fixture
+def schedule(k8s_double, tmp_path):
+    kubeconfig = k8s_double.write_kubeconfig(tmp_path / "kubeconfig")
+    token = tmp_path / "kfp-token"
+    token.write_text(k8s_double.kfp_token)
+
+    def run(*args: str, backend: str = "kubernetes") -> tuple[int, dict, str]:
+        cluster = ["--kubeconfig", str(kubeconfig), "--kfp-host", k8s_double.kfp_url, "--kfp-token-file", str(token)]
+        proc = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "schedule", "pipeline", *args, "--backend", backend,
+             *(cluster if backend == "kubernetes" else []), "--output", "json"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}, proc.stderr
+
+    return run
+
+
+def recurring(k8s_double) -> list[dict]:
+    with k8s_double.kfp.lock:
+        return [dict(r) for r in k8s_double.kfp.recurring.values()]
+
+
+def test_one_recurring_run_per_key_created_kept_replaced_disabled_deleted(schedule, k8s_double, tmp_path):
+    spec = run_spec(tmp_path)
+    code, first, err = schedule("--spec", str(spec), "--cron", "0 2 * * *", "--key", "nightly")
+    assert code == 0, err
+    assert first["action"] == "created" and first["status"] == "ENABLED"
+    (made,) = recurring(k8s_double)
+    assert made["namespace"] == NAMESPACE
+    assert made["trigger"] == {"cron_schedule": {"cron": "0 0 2 * * *"}}  # KFP's six fields, seconds first
+    assert made["runtime_config"]["parameters"] == {"a": 1, "b": 2}
+    assert made["pipeline_version_reference"]["pipeline_version_id"] == first["pipeline_version_id"]
+    assert first["pipeline_version"].startswith("v-")
+    versions_before = len(k8s_double.kfp.versions)
+
+    # The same again: nothing new, not even a pipeline version.
+    code, again, err = schedule("--spec", str(spec), "--cron", "0 2 * * *", "--key", "nightly")
+    assert code == 0, err
+    assert again["action"] == "unchanged" and again["recurring_run_id"] == first["recurring_run_id"]
+    assert len(recurring(k8s_double)) == 1 and len(k8s_double.kfp.versions) == versions_before
+
+    # A new cron replaces it: still one, a new id.
+    code, replaced, err = schedule("--spec", str(spec), "--cron", "30 3 * * *", "--key", "nightly")
+    assert code == 0, err
+    assert replaced["action"] == "replaced" and replaced["removed"] == [first["recurring_run_id"]]
+    (now,) = recurring(k8s_double)
+    assert now["recurring_run_id"] == replaced["recurring_run_id"]
+    assert now["trigger"]["cron_schedule"]["cron"] == "0 30 3 * * *"
+
+    # Another key is another recurring run; ours is never touched by it.
+    assert schedule("--spec", str(spec), "--cron", "0 4 * * *", "--key", "weekly")[0] == 0
+    assert len(recurring(k8s_double)) == 2
+
+    code, disabled, err = schedule("--spec", str(spec), "--cron", "30 3 * * *", "--key", "nightly", "--disable")
+    assert code == 0, err
+    assert disabled["action"] == "disabled" and disabled["recurring_run_id"] == replaced["recurring_run_id"]
+    assert k8s_double.kfp.recurring[replaced["recurring_run_id"]]["status"] == "DISABLED"
+
+    code, deleted, err = schedule("--spec", str(spec), "--key", "nightly", "--delete")
+    assert code == 0, err
+    assert deleted["action"] == "deleted" and deleted["removed"] == [replaced["recurring_run_id"]]
+    assert [r["description"].splitlines()[0] for r in recurring(k8s_double)] == ["kubeflow-tasks key: weekly"]
+
+
+def test_a_changed_parameter_replaces_and_the_same_content_reuses_its_pipeline_version(schedule, k8s_double, tmp_path):
+    code, first, err = schedule("--spec", str(run_spec(tmp_path)), "--cron", "0 2 * * *", "--key", "k")
+    assert code == 0, err
+    code, second, err = schedule("--spec", str(run_spec(tmp_path, parameters={"a": 5, "b": 2})), "--cron", "0 2 * * *", "--key", "k")
+    assert code == 0, err
+    assert second["action"] == "replaced"
+    assert second["pipeline_version_id"] == first["pipeline_version_id"] and not second["created"]
+    (only,) = recurring(k8s_double)
+    assert only["runtime_config"]["parameters"]["a"] == 5
+
+
+@pytest.mark.parametrize("cron", ["61 * * * *", "0 2 * *", "every night", "0 0 2 * * 9"])
+def test_a_bad_cron_exits_2_before_anything_is_contacted(schedule, k8s_double, tmp_path, cron):
+    before = len(k8s_double.request_log)
+    code, _, err = schedule("--spec", str(run_spec(tmp_path)), "--cron", cron, "--key", "k")
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith("kubeflow-tasks: error: --cron:")
+    assert len(k8s_double.request_log) == before  # not one request reached the double
+
+
+def test_the_local_backend_refuses_in_one_line(schedule, tmp_path):
+    code, _, err = schedule("--spec", str(run_spec(tmp_path)), "--cron", "0 2 * * *", "--key", "k", backend="local")
+    assert code == 2
+    (line,) = err.splitlines()
+    assert "the scheduler that runs this command is the recurrence" in line
+
+
+def test_the_airflow_operator_applies_the_same_rules(k8s_double, tmp_path, monkeypatch):
+    """The operator's execute, in process, with the connection from an AIRFLOW_CONN_ variable."""
+    from airflow_provider.operators.recurring import KubeflowRecurringRunOperator
+    from shared.errors import SpecError
+
+    kubeconfig = k8s_double.write_kubeconfig(tmp_path / "kubeconfig")
+    monkeypatch.setenv("AIRFLOW_CONN_KFP_DOUBLE", json.dumps({
+        "conn_type": "kubeflow", "host": k8s_double.kfp_url, "password": k8s_double.kfp_token,
+        "extra": {"backend": "kubernetes", "kubeconfig_path": str(kubeconfig)},
+    }))
+    spec = str(run_spec(tmp_path))
+
+    def operator(cron: str, **kwargs) -> KubeflowRecurringRunOperator:
+        return KubeflowRecurringRunOperator(task_id="schedule", spec=spec, cron=cron, key="dag/schedule",
+                                            kubeflow_conn_id="kfp_double", **kwargs)
+
+    assert operator("0 2 * * *").execute({})["action"] == "created"
+    assert operator("0 2 * * *").execute({})["action"] == "unchanged"
+    assert operator("0 5 * * *").execute({})["action"] == "replaced"
+    assert operator("0 5 * * *", disable=True).execute({})["status"] == "DISABLED"
+    assert len(recurring(k8s_double)) == 1
+    with pytest.raises(SpecError, match=r"^cron: "):
+        operator("0 25 * * *")  # when the DAG is parsed
