@@ -47,11 +47,12 @@ def _best(name: str) -> str:
 def _mlflow_look_command() -> str:
     """How to see the registered model: the UI command for a local store, the page for a server."""
     from airflow_provider.hooks.kubeflow import KubeflowHook
-    from shared.mlflow_handoff import _display_uri, resolve_tracking_uri
+    from shared.mlflow_client import display_uri
+    from shared.mlflow_handoff import resolve_tracking_uri
 
     uri = resolve_tracking_uri(KubeflowHook().options.mlflow_tracking_uri) or ""
     if uri.startswith(("http://", "https://")):
-        return f"open {_display_uri(uri).rstrip('/')}/#/models/{MODEL_NAME}"
+        return f"open {display_uri(uri).rstrip('/')}/#/models/{MODEL_NAME}"
     return f"mlflow ui --backend-store-uri {uri}  (then Models > {MODEL_NAME})"
 
 

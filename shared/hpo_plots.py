@@ -18,7 +18,8 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from shared.mlflow_handoff import PARENT_RUN_TAG, ParentRun, _best_effort
+from shared.mlflow_client import PARENT_RUN_TAG, best_effort
+from shared.mlflow_handoff import ParentRun
 from shared.specs.model import ExperimentSpec, ParameterSpec
 
 log = logging.getLogger(__name__)
@@ -112,4 +113,4 @@ def log_hpo_plots(mlflow_ctx: Mapping[str, str], spec: ExperimentSpec) -> list[s
                     logged.append(f"{ARTIFACT_DIR}/{name}.png")
         return logged
 
-    return _best_effort(parent.tracking_uri, "log the HPO plots", make) or []
+    return best_effort(parent.tracking_uri, "log the HPO plots", make) or []

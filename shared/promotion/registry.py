@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import BackendError, SpecError, TransientError
 from shared.keys import key_digest
-from shared.mlflow_handoff import KEY_HASH_TAG, KEY_TAG, _client_defaults, _display_uri, _redact
+from shared.mlflow_client import KEY_HASH_TAG, KEY_TAG, client_defaults, display_uri, redact_for
 from shared.promotion.decision import PROMOTED, decide
 from shared.promotion.evaluation import evaluate
 from shared.promotion.spec import PromotionSpec
@@ -81,7 +81,7 @@ def promote(
 ) -> Decision:
     """Register (or find, by key) the version, evaluate challenger, champion and baseline, decide once."""
     try:
-        with _client_defaults():
+        with client_defaults():
             from mlflow.tracking import MlflowClient
 
             client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -90,8 +90,8 @@ def promote(
         raise
     except Exception as exc:
         error = TransientError if is_transient(exc) else BackendError
-        detail = _redact(" ".join(str(exc).split()), tracking_uri)
-        raise error(f"MLflow at {_display_uri(tracking_uri)}: promotion of {spec.model_name!r} failed: {detail}") from None
+        detail = redact_for(" ".join(str(exc).split()), tracking_uri)
+        raise error(f"MLflow at {display_uri(tracking_uri)}: promotion of {spec.model_name!r} failed: {detail}") from None
 
 
 def _promote(
