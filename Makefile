@@ -44,8 +44,10 @@ $(OLDEST_STAMP): pyproject.toml
 	touch $@
 
 # The MLflow server of the tests runs from $(VENV): Airflow 3.0 pins SQLAlchemy 1.4, MLflow's server needs 2.
-# Two end-to-end tests do not pass on Airflow 3.0 yet (a sync task's worker SIGTERM is marked failed,
-# not retried; the nightly DAG): they run on the newest release only, until that is fixed (issue 13).
+# Not yet in .ci/run: on Airflow 3.0 the deferred tasks' triggerer fails ("Response read out of order":
+# the 3.0 fallback's synchronous connection lookup from a thread races the runner's own messages), and
+# two end-to-end tests fail (a sync task's worker SIGTERM is marked failed, not retried; the nightly DAG).
+# The two are deselected below; the triggerer is issue 13's to fix.
 OLDEST_KNOWN_FAILING := \
 	--deselect tests/test_airflow_lifecycle.py::test_retry_adopts_the_work_of_a_try_whose_worker_died_or_shut_down \
 	--deselect tests/test_airflow_dag.py::test_nightly_dag_runs_with_lineage_in_mlflow_and_xcom
