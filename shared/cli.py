@@ -385,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KubeflowTasksError as exc:
         say(f"error: {_one_line(exc)}")
-        return EXIT_FAILED
+        # an API that refuses our credentials (ApiError 401/403) is the user's to fix, like bad input
+        return EXIT_USAGE if _http_status(exc) in (401, 403) else EXIT_FAILED
     except KeyboardInterrupt:
         say("error: interrupted")
         return EXIT_FAILED
