@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shared import cli_promote, cli_schedule
-from shared.errors import KubeflowTasksError, NotFound, SpecError
+from shared.errors import KubeflowTasksError, NotFound, SpecError, Unreachable
 from shared.status import Handle, Kind, State
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KubeflowTasksError as exc:
         say(f"error: {_one_line(exc)}")
         # an API that refuses our credentials (ApiError 401/403) is the user's to fix, like bad input
-        return EXIT_USAGE if _http_status(exc) in (401, 403) else EXIT_FAILED
+        return EXIT_USAGE if _http_status(exc) in (401, 403) or isinstance(exc, Unreachable) else EXIT_FAILED
     except KeyboardInterrupt:
         say("error: interrupted")
         return EXIT_FAILED

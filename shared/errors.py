@@ -54,6 +54,10 @@ class TransientError(BackendError):
         self.retry_after = retry_after
 
 
+class Unreachable(TransientError):
+    """An endpoint still out of reach after the retries: a wrong host or port is the user's to fix."""
+
+
 class NotFound(BackendError):
     """The run or object asked for does not exist."""
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shared.errors import KubeflowTasksError, SpecError, TransientError
+from shared.errors import KubeflowTasksError, SpecError, Unreachable
 from shared.retry import api_error, http_status, is_transient, retrying
 
 T = TypeVar("T")
@@ -43,7 +43,7 @@ def call(fn: Callable[..., T], *args: Any, retry: bool = True, **kwargs: Any) ->
             raise converted from None
         if is_transient(exc) and not isinstance(exc, KubeflowTasksError):  # the server is out of reach
             text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-            raise TransientError(f"{what}: cannot reach the server: {text}") from None
+            raise Unreachable(f"{what}: cannot reach the server: {text}") from None
         raise
 
 
