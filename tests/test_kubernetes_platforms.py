@@ -163,7 +163,8 @@ def test_multi_user_kfp_without_a_namespace_is_one_line_bad_input(k8s_double, tm
 
     double.kfp.namespace_access = {double.kfp_token: {"team-a"}}
     other = cli(*common, "--kfp-namespace", "team-b")  # the token's profile does not include team-b
-    assert other.returncode == 1 and "Traceback" not in other.stderr, other.stderr
+    # credentials the server refuses for that namespace are the user's to fix: exit 2 (issue 10's rule)
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr
     assert other.stderr.strip().splitlines()[-1].startswith("kubeflow-tasks: error: ")
     assert "PermissionDenied" in other.stderr and double.runs() == []
 
@@ -361,5 +362,6 @@ def test_an_unreachable_kfp_server_is_a_one_line_error(tmp_path):
         port = sock.getsockname()[1]
     result = cli("run", "pipeline", "--spec", str(pipeline_run(tmp_path, "nowhere")), "--backend", "kubernetes",
                  "--kfp-host", f"http://127.0.0.1:{port}", "--namespace", "team-a", "--timeout", "20s")
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    # a host still out of reach after the retries is the user's to fix: exit 2 (issue 10's rule)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "cannot reach the server" in result.stderr.strip().splitlines()[-1]
