@@ -83,16 +83,15 @@ def _log(path: str, message: str) -> None:
 def _cancel(config: Mapping[str, Any]) -> None:
     from shared.backends import get_backend
     from shared.operations import Submission, finish
-    from shared.retry import call_with_retries
     from shared.status import Handle, State, Status
 
     handle = Handle.from_dict(config["handle"])
     backend = get_backend(config["backend"], **config["options"])
-    status = call_with_retries(backend.status, handle)
+    status = backend.status(handle)  # backend calls retry their own requests (shared.retry)
     if status.terminal:
         _log(config["log"], f"{handle.id} already ended {status.state.value}: nothing to cancel")
         return
-    status = call_with_retries(backend.cancel, handle)
+    status = backend.cancel(handle)
     _log(config["log"], f"cancelled {handle.id}: {status.state.value}")
     if config["mlflow"]:
         ended = Status(State.CANCELLED, status.raw_state, "the waiting process was killed", status.outputs)
