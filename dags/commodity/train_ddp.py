@@ -180,7 +180,8 @@ class MlflowLog:
         """Log the model to the run as `model` (TorchScript, so loading it needs no code of ours).
 
         The fluent call needs the run active in this process, and `start_run` ends it (FINISHED)
-        when the block exits; the task that handed the run over sets the real outcome afterwards.
+        when the block exits: it is set back to RUNNING, since the task that handed the run over
+        ends it with the real outcome (a failure after this point must not read FINISHED).
         """
         import mlflow
 
@@ -190,6 +191,7 @@ class MlflowLog:
             mlflow.pytorch.log_model(
                 scripted, name="model", pip_requirements=["torch"], serialization_format="pickle"
             )
+        self.client.update_run(self.run_id, status="RUNNING")
 
 
 if __name__ == "__main__":
