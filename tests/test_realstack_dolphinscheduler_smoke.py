@@ -90,7 +90,7 @@ def test_shell_workflow_runs_on_the_real_worker_and_passes_setvalue_downstream(s
     assert "consumed x=1" in api.task_log(tasks["consume"]["id"])
 
 
-def test_a_stop_from_the_rest_api_leaves_the_task_script_running_on_3_1(server: dict, tmp_path: Path) -> None:
+def test_a_stop_from_the_rest_api_sends_no_sigterm_to_the_task_script_on_3_1(server: dict, tmp_path: Path) -> None:
     """Observed upstream behaviour, not ours: the 3.1.1 worker SIGTERMs only the task's wrapper shell.
 
     The script (run by the wrapper in a forked subshell), its child and its setsid child get no signal and are
@@ -127,7 +127,12 @@ def test_a_stop_from_the_rest_api_leaves_the_task_script_running_on_3_1(server: 
         timeout=60,
         what="the task's processes to leave the server's tree",
     )
-    assert [pid for pid in pids if _alive(pid)] == pids
+    # Whether the orphans live on depends on a race inside the worker: its follow-up `kill -9` of the
+    # wrapper's tree catches them when it runs before they are reparented (seen in about one run of
+    # three under load). Either way none is left under the server, and no STOP reaches them as SIGTERM.
+    survivors = [pid for pid in pids if _alive(pid)]
+    assert survivors in ([], pids), survivors
+    assert not (tmp_path / "term.log").exists()  # the script's TERM trap never ran
     assert {pid for pid, _ in ds.descendants(server["pid"])}.isdisjoint(pids)
     assert "workflow instance id: ${system.workflow.instance.id}" in api.task_log(task["id"])
 

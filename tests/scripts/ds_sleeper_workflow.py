@@ -31,6 +31,7 @@ def main() -> None:
             "sleep 600 &",
             f"echo $! > {piddir}/child.pid",
             f"echo $$ > {piddir}/script.pid",
+            f"trap 'echo TERM >> {piddir}/term.log' TERM",
             "wait",
         ]
     )
