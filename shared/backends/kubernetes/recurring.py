@@ -226,7 +226,7 @@ def apply_recurring_run(
     env: Mapping[str, str] | None = None,
 ) -> Applied:
     """Make the recurring run for `key` be `schedule` (None: delete it)."""
-    from shared.backends.local.kfp_exec import pipeline_arguments
+    from shared.specs.pipeline_ir import pipeline_arguments
 
     _, _, api = _apis(kfp)
     existing = find_recurring_runs(kfp, spec.name, key, namespace)
