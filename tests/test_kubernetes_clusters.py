@@ -111,6 +111,147 @@ def test_a_waiting_process_killed_and_restarted_adopts_its_object(cluster, tmp_p
     assert len(with_key(cluster.objects("pytorchjobs", tmp_path), key)) == 1
 
 
+# ---------------------------------------------------------------- a success removed by its TTL stays a success
+
+
+def ttl_manifest(cluster: TestCluster, seconds: float) -> dict:
+    doc = cluster.training_manifest(SPECS / "pytorch-mnist.yaml", seconds=seconds, name=unique("ttl"))
+    doc["spec"]["runPolicy"]["ttlSecondsAfterFinished"] = 1
+    return doc
+
+
+def created_since(cluster: TestCluster, tmp_path: Path, rv: str, key: str) -> list[str]:
+    """The names of every PyTorchJob of `key` created since resourceVersion `rv`, read back from the
+    API server's own event history (a watch from `rv`): objects deleted since are counted too."""
+    from kubernetes import client, watch
+
+    api = client.CustomObjectsApi(cluster.api_client(tmp_path))
+    stream = watch.Watch().stream(
+        api.list_namespaced_custom_object, "kubeflow.org", "v1", cluster.namespace, "pytorchjobs",
+        label_selector=f"{naming.KEY_HASH_LABEL}={naming.key_hash(key)}", resource_version=rv, timeout_seconds=2,
+    )  # fmt: skip
+    return [e["object"]["metadata"]["name"] for e in stream if e["type"] == "ADDED"]
+
+
+def pytorchjobs_rv(cluster: TestCluster, tmp_path: Path) -> str:
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(cluster.api_client(tmp_path))
+    return api.list_namespaced_custom_object("kubeflow.org", "v1", cluster.namespace, "pytorchjobs",
+                                             limit=1)["metadata"]["resourceVersion"]
+
+
+def outcome_record(cluster: TestCluster, tmp_path: Path, name: str) -> dict | None:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core = client.CoreV1Api(cluster.api_client(tmp_path))
+    try:
+        return core.read_namespaced_config_map(f"kubeflow-tasks-outcome-pytorchjobs-{name}", cluster.namespace).data
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def test_a_success_its_ttl_removed_while_nobody_waited_is_adopted_by_the_retry(cluster, tmp_path):
+    """The waiter is killed, the job succeeds and its TTL deletes it: the retry must not train again."""
+    key = unique("nightly/ttl")
+    spec = cluster.write(ttl_manifest(cluster, seconds=3), tmp_path, "ttl")
+    command = [
+        sys.executable, "-m", "shared.cli", "run", "training-job", "--spec", str(spec),
+        "--backend", "kubernetes", "--kubeconfig", str(cluster.kubeconfig(tmp_path)), "--key", key,
+        "--output", "json",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    rv = pytorchjobs_rv(cluster, tmp_path)
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        wait_until(lambda: with_key(cluster.objects("pytorchjobs", tmp_path), key) or first.poll() is not None,
+                   timeout=60, what="the first waiter creates its PyTorchJob")
+        assert first.poll() is None, first.stderr.read().decode()
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        first.stderr.close()
+    (job,) = with_key(cluster.objects("pytorchjobs", tmp_path), key)
+    name = job["metadata"]["name"]
+
+    def removed_by_ttl() -> dict | None:  # the operator's delete: held, readable, by our finalizer
+        mine = with_key(cluster.objects("pytorchjobs", tmp_path), key)
+        return mine[0] if mine and mine[0]["metadata"].get("deletionTimestamp") else None
+
+    held = wait_until(removed_by_ttl, timeout=90, what="the job to succeed and its TTL to delete it")
+    assert "kubeflow-tasks.dev/keep-outcome" in held["metadata"]["finalizers"]
+    assert any(c["type"] == "Succeeded" and c["status"] == "True" for c in held["status"]["conditions"])
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert second.returncode == 0, second.stderr
+    result = json.loads(second.stdout)
+    assert (result["adopted"], result["state"], result["id"]) == (True, "SUCCEEDED", f"{cluster.namespace}/pytorchjobs/{name}")
+    wait_until(lambda: not with_key(cluster.objects("pytorchjobs", tmp_path), key), timeout=30,
+               what="the TTL deletion to finish once the retry recorded the outcome")
+    record = outcome_record(cluster, tmp_path, name)
+    assert record and json.loads(record["status"])["state"] == "SUCCEEDED" and record["uid"] == job["metadata"]["uid"]
+
+    third = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert third.returncode == 0, third.stderr  # the object is gone now: the record answers
+    assert (json.loads(third.stdout)["adopted"], json.loads(third.stdout)["state"]) == (True, "SUCCEEDED")
+    assert created_since(cluster, tmp_path, rv, key) == [name]  # one job ever
+
+
+def test_a_waiter_that_sees_the_end_lets_the_ttl_deletion_finish(cluster, tmp_path):
+    backend = cluster.backend(tmp_path)
+    key = unique("ttl/plain")
+    submission = submit_or_adopt(backend, load_spec(ttl_manifest(cluster, seconds=1)), key)
+    name = submission.handle.name
+    (job,) = with_key(cluster.objects("pytorchjobs", tmp_path), key)
+    assert "kubeflow-tasks.dev/keep-outcome" in job["metadata"]["finalizers"]
+
+    status = asyncio.run(wait_for(backend, submission.handle, deadline=time.time() + 120))
+    assert status.state is State.SUCCEEDED
+    wait_until(lambda: not with_key(cluster.objects("pytorchjobs", tmp_path), key), timeout=30,
+               what="the TTL deletion to finish")
+    assert json.loads(outcome_record(cluster, tmp_path, name)["status"])["state"] == "SUCCEEDED"
+    assert cluster.backend(tmp_path).status(submission.handle).state is State.SUCCEEDED
+
+
+def test_a_cancelled_ttl_job_is_deleted_and_not_recorded(cluster, tmp_path):
+    backend = cluster.backend(tmp_path)
+    doc = ttl_manifest(cluster, seconds=1)
+    doc = cluster.training_manifest(doc, hang=True)
+    key = unique("ttl/cancel")
+    submission = submit_or_adopt(backend, load_spec(doc), key)
+    wait_until(lambda: backend.status(submission.handle).state is State.RUNNING, timeout=60, what="the job runs")
+    assert backend.cancel(submission.handle).state is State.CANCELLED
+    assert not with_key(cluster.objects("pytorchjobs", tmp_path), key)
+    assert outcome_record(cluster, tmp_path, submission.handle.name) is None
+
+
+def test_an_object_being_deleted_may_lose_finalizers_but_never_gain_one(cluster, tmp_path):
+    """What the outcome records rely on, the same on the double as on the real API server."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    api = client.CustomObjectsApi(cluster.api_client(tmp_path))
+    doc = cluster.training_manifest(SPECS / "pytorch-mnist.yaml", hang=True, name=unique("held"))
+    doc["metadata"]["finalizers"] = ["kubeflow-tasks.test/hold"]
+    args = ("kubeflow.org", "v1", cluster.namespace, "pytorchjobs", doc["metadata"]["name"])
+    api.create_namespaced_custom_object(*args[:4], doc)
+    api.delete_namespaced_custom_object(*args)  # a plain delete, as the operator's TTL cleanup sends
+    held = api.get_namespaced_custom_object(*args)
+    assert held["metadata"]["deletionTimestamp"] and held["metadata"]["finalizers"] == ["kubeflow-tasks.test/hold"]
+
+    with pytest.raises(ApiException) as refused:
+        api.patch_namespaced_custom_object(*args, {"metadata": {"finalizers": ["kubeflow-tasks.test/hold", "x.dev/y"]}})
+    assert refused.value.status == 422 and "no new finalizers" in json.loads(refused.value.body)["message"]
+
+    api.patch_namespaced_custom_object(*args, {"metadata": {"finalizers": []}})
+    wait_until(lambda: all(o["metadata"]["name"] != args[-1] for o in cluster.objects("pytorchjobs", tmp_path)),
+               timeout=30, what="the object to go with its last finalizer")
+
+
 # ---------------------------------------------------------------- a passing deadline deletes the job
 
 

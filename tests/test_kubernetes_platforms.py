@@ -299,6 +299,30 @@ def test_a_success_removed_by_ttl_stays_a_success(k8s_double, tmp_path):
     assert states.deleted_status(gone, cancelled=False, plural="pytorchjobs").state is State.SUCCEEDED
 
 
+def test_an_outcome_that_cannot_be_recorded_keeps_the_job_until_it_can(k8s_double, tmp_path):
+    double = k8s_double
+    backend = backend_for(double, tmp_path)
+    spec = load_spec(manifest(tmp_path, "unrecorded", run_policy={"ttlSecondsAfterFinished": 0}))
+    handle = submit_or_adopt(backend, spec, "ttl/unrecorded").handle  # nobody waits
+
+    def held() -> dict[str, Any] | None:
+        jobs = double.objects("pytorchjobs")
+        return jobs[0] if jobs and jobs[0]["metadata"].get("deletionTimestamp") else None
+
+    wait_until(held, timeout=20, what="the job to succeed and its TTL to delete it")
+    double.faults.inject("500", count=ATTEMPTS, path_contains="/configmaps")  # every try of the record's create
+
+    assert backend_for(double, tmp_path).status(handle).state is State.SUCCEEDED
+    assert held() and double.objects("configmaps") == []  # not recorded: the finalizer stays, the job readable
+
+    assert backend_for(double, tmp_path).status(handle).state is State.SUCCEEDED  # the next look records it
+    wait_until(lambda: double.objects("pytorchjobs") == [], timeout=10, what="the TTL deletion to finish")
+    (record,) = double.objects("configmaps")
+    assert json.loads(record["data"]["status"])["state"] == "SUCCEEDED"
+    again = submit_or_adopt(backend_for(double, tmp_path), spec, "ttl/unrecorded")
+    assert (again.adopted, again.handle.id) == (True, handle.id)
+
+
 def test_find_looks_in_the_namespace_the_manifest_names(k8s_double, tmp_path):
     double = k8s_double
     doc = yaml.safe_load(manifest(tmp_path, "elsewhere").read_text())

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from shared.backends.base import SubmitContext
-from shared.backends.kubernetes import hub, manifests, states
+from shared.backends.kubernetes import hub, manifests, outcomes, states
 from shared.backends.kubernetes.access import Cluster, ClusterOptions, Kfp, KfpOptions
 from shared.backends.kubernetes.resources import CustomResources, deleted_by_us, remember_end, split_id
 from shared.backends.kubernetes.runs import KFP_PREFIX, PipelineRuns
@@ -264,6 +264,9 @@ class KubernetesBackend:
             status = states.deleted_status(payload, cancelled=deleted_by_us(handle.id), plural=plural)
         else:
             status = states.status_of(plural, payload)
+            if outcomes.holds(payload) and (status.terminal or payload["metadata"].get("deletionTimestamp")):
+                # record the end before our finalizer goes (requests: never on the event loop)
+                return await asyncio.to_thread(self.resources.observed, plural, payload)
         if status.terminal:
             remember_end(handle.id, status)
         return status
@@ -272,9 +275,7 @@ class KubernetesBackend:
         """The spec fingerprint annotated on a custom resource (KFP runs carry none: trusted)."""
         if handle.id.startswith(KFP_PREFIX):
             return None
-        namespace, plural, name = split_id(handle.id)
-        annotations = self.get_object(namespace, plural, name)["metadata"].get("annotations") or {}
-        return annotations.get(manifests.FINGERPRINT_ANNOTATION)
+        return self.resources.fingerprint(handle)
 
     # ------------------------------------------------------------------ requests
 
