@@ -323,6 +323,39 @@ def test_an_outcome_that_cannot_be_recorded_keeps_the_job_until_it_can(k8s_doubl
     assert (again.adopted, again.handle.id) == (True, handle.id)
 
 
+def test_outcome_records_past_their_retention_are_pruned_and_nothing_else(k8s_double, tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from kubernetes import client, config
+
+    double = k8s_double
+    core = client.CoreV1Api(config.new_client_from_config(str(double.write_kubeconfig(tmp_path / "kc"))))
+    namespace = "team-prune"  # pruned at most hourly per namespace: one no other test wrote to
+
+    def config_map(name: str, age: timedelta, labelled: bool = True) -> None:
+        labels = {"kubeflow-tasks.dev/outcome": "true"} if labelled else {}
+        at = (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H:%M:%SZ")
+        core.create_namespaced_config_map(namespace, {"apiVersion": "v1", "kind": "ConfigMap",
+                                                      "metadata": {"name": name, "labels": labels},
+                                                      "data": {"recorded-at": at}})
+
+    config_map("kubeflow-tasks-outcome-pytorchjobs-old-1", timedelta(days=8))
+    config_map("kubeflow-tasks-outcome-pytorchjobs-young-1", timedelta(days=6))
+    config_map("someone-elses", timedelta(days=30))  # labelled like ours, but not one of our records
+    config_map("kubeflow-tasks-outcome-unlabelled", timedelta(days=30), labelled=False)
+    spec = load_spec(manifest(tmp_path, "pruning", run_policy={"ttlSecondsAfterFinished": 60}))
+
+    outcome = asyncio.run(run_async(backend_for(double, tmp_path, namespace=namespace), spec, "ttl/prune", timeout=60))
+
+    assert outcome.status.state is State.SUCCEEDED
+    assert sorted(c["metadata"]["name"] for c in double.objects("configmaps", namespace)) == sorted([
+        "kubeflow-tasks-outcome-pytorchjobs-young-1",
+        "kubeflow-tasks-outcome-unlabelled",
+        f"kubeflow-tasks-outcome-pytorchjobs-{outcome.submission.handle.name}",
+        "someone-elses",
+    ])
+
+
 def test_find_looks_in_the_namespace_the_manifest_names(k8s_double, tmp_path):
     double = k8s_double
     doc = yaml.safe_load(manifest(tmp_path, "elsewhere").read_text())
