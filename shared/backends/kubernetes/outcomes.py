@@ -23,7 +23,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.backends.kubernetes import naming
+from shared.backends.kubernetes import manifests, naming
 from shared.backends.kubernetes.access import Cluster, call, read_body
 from shared.retry import http_status
 from shared.status import Handle, Status
@@ -123,8 +123,6 @@ class Outcomes:
     def release(self, handle: Handle, plural: str, obj: dict[str, Any]) -> None:
         """Remove our finalizer, guarded by the object's resourceVersion so a concurrent change of the
         list (another controller's finalizer) is never clobbered: a conflict re-reads and retries."""
-        from shared.backends.kubernetes import manifests
-
         resource = manifests.BY_PLURAL[plural]
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         api = self.cluster.custom()

@@ -69,9 +69,7 @@ class CustomResources:
         context: SubmitContext,
     ) -> Handle:
         resource = manifests.resource_of(spec)
-        body = manifests.build(spec, key, attempt, namespace, context)
-        if outcomes.wants_finalizer(body):
-            outcomes.add_finalizer(body)
+        body = _body(spec, key, attempt, namespace, context)
         return self.handle(resource, self._create_or_adopt(resource, namespace, body, key, dry_run=False))
 
     def dry_run(
@@ -85,9 +83,7 @@ class CustomResources:
         """Let the API server judge the object (`dryRun=All`: schema, defaults, every webhook) without
         creating it; a refusal is the one-line field error, an existing object of ours is fine."""
         resource = manifests.resource_of(spec)
-        body = manifests.build(spec, key, attempt, namespace, context)
-        if outcomes.wants_finalizer(body):
-            outcomes.add_finalizer(body)
+        body = _body(spec, key, attempt, namespace, context)
         self._create_or_adopt(resource, namespace, body, key, dry_run=True)
 
     def _create_or_adopt(
@@ -309,6 +305,16 @@ class CustomResources:
             namespace=metadata["namespace"],
             resource=resource.kind,
         )
+
+
+def _body(
+    spec: TrainingJobSpec | ExperimentSpec, key: str, attempt: int, namespace: str, context: SubmitContext
+) -> dict[str, Any]:
+    """The object to create; one the operator removes after it ends keeps our finalizer (`outcomes`)."""
+    body = manifests.build(spec, key, attempt, namespace, context)
+    if outcomes.wants_finalizer(body):
+        outcomes.add_finalizer(body)
+    return body
 
 
 def _webhook_denial(exc: BaseException) -> bool:
