@@ -3,6 +3,8 @@ spec under the key while the work runs is refused naming the object that holds t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from shared.errors import KeyConflict
@@ -32,3 +34,68 @@ def test_another_spec_under_a_running_key_is_refused_and_the_same_spec_adopts(k8
         submit_or_adopt(backend, load_spec(job("print(2)")), "nightly")
     assert len(k8s_double.objects("pytorchjobs")) == 1
     backend.cancel(first.handle)
+
+
+# ---------------------------------------------------------------- KFP runs carry the fingerprint too
+
+ADD_PIPELINE = Path(__file__).resolve().parent / "data" / "specs" / "pipelines" / "add.yaml"
+
+
+def pipeline(a: float) -> dict:
+    return {
+        "apiVersion": "kubeflow-tasks/v1",
+        "kind": "PipelineRun",
+        "metadata": {"name": "keyed-run"},
+        "spec": {"pipeline": str(ADD_PIPELINE), "parameters": {"a": a, "b": 2}},
+    }
+
+
+def with_kfp(k8s_double, tmp_path):
+    from shared.backends.kubernetes import KubernetesBackend
+
+    return KubernetesBackend(
+        kubeconfig=str(k8s_double.write_kubeconfig(tmp_path / "kubeconfig")),
+        kfp_host=k8s_double.kfp_url,
+        kfp_token=k8s_double.kfp_token,
+        kfp_poll_interval=0.2,
+    )
+
+
+def test_a_pipeline_run_with_other_parameters_under_a_running_key_is_refused(k8s_double, tmp_path):
+    k8s_double.set_behaviour(kfp_run_seconds=60)
+    backend = with_kfp(k8s_double, tmp_path)
+    first = submit_or_adopt(backend, load_spec(pipeline(1)), "nightly-run")
+    again = submit_or_adopt(backend, load_spec(pipeline(1)), "nightly-run")
+    assert again.adopted and again.handle.id == first.handle.id
+    with pytest.raises(KeyConflict, match=first.handle.id):
+        submit_or_adopt(backend, load_spec(pipeline(5)), "nightly-run")
+    assert len(k8s_double.runs()) == 1
+    backend.cancel(first.handle)
+
+
+def test_a_pipeline_run_made_before_fingerprints_is_still_read_and_adopted(k8s_double, tmp_path):
+    """An older run's description holds only the key: it keeps its key and is trusted, as before."""
+    from shared.backends.kubernetes import pipelines
+
+    k8s_double.set_behaviour(kfp_run_seconds=60)
+    backend = with_kfp(k8s_double, tmp_path)
+    first = submit_or_adopt(backend, load_spec(pipeline(1)), "old-run")
+    run = k8s_double.kfp.runs[first.handle.id.removeprefix("kfp/")]
+    assert pipelines.field_of(run, "fingerprint")  # what this change stores ...
+    run["description"] = f"{pipelines.DESCRIPTION_PREFIX}old-run"  # ... and what an older version stored
+    assert backend.get(first.handle.id).key == "old-run"
+    adopted = submit_or_adopt(backend, load_spec(pipeline(5)), "old-run")
+    assert adopted.adopted and adopted.handle.id == first.handle.id
+    backend.cancel(first.handle)
+
+
+@pytest.mark.parametrize("key", ["plain", "two\nlines", "kubeflow-tasks fingerprint: looks like a field"])
+def test_the_description_gives_back_the_key_and_fields_it_was_made_from(key):
+    from shared.backends.kubernetes import pipelines
+
+    text = pipelines.describe(key, fingerprint="f" * 64, config="c0ffee")
+    assert pipelines.key_of({"description": text}) == key
+    assert pipelines.field_of({"description": text}, "fingerprint") == "f" * 64
+    assert pipelines.field_of({"description": text}, "config") == "c0ffee"
+    assert pipelines.key_of({"description": pipelines.describe(key)}) == key
+    assert pipelines.key_of({"description": "someone else's run"}) is None

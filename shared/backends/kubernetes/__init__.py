@@ -11,7 +11,7 @@ namespace rules and the waiting both share. Handle ids say where the work is:
 Idempotency: a CR carries the label `kubeflow-tasks.dev/key-hash` and the annotations
 `kubeflow-tasks.dev/key` and `kubeflow-tasks.dev/attempt`, and its name is deterministic in (spec
 name, key, attempt); a KFP run has the display name `<name>-<key hash>-<attempt>` and its key in
-the description. Waiting uses the process-wide shared watches and KFP poller of `hub`. Importing
+the description. Both carry the spec fingerprint (`shared.fingerprint`). Waiting uses the process-wide shared watches and KFP poller of `hub`. Importing
 this module loads neither `kubernetes` nor `kfp`: clients are built on the first request.
 """
 
@@ -269,9 +269,10 @@ class KubernetesBackend:
         return status
 
     def fingerprint(self, handle: Handle) -> str | None:
-        """The spec fingerprint annotated on a custom resource (KFP runs carry none: trusted)."""
+        """The spec fingerprint stored with the work: a custom resource's annotation, a KFP run's
+        description line. None (trusted) for work made before fingerprints were stored."""
         if handle.id.startswith(KFP_PREFIX):
-            return None
+            return self.runs.fingerprint(handle)
         namespace, plural, name = split_id(handle.id)
         annotations = self.get_object(namespace, plural, name)["metadata"].get("annotations") or {}
         return annotations.get(manifests.FINGERPRINT_ANNOTATION)
