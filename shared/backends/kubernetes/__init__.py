@@ -18,6 +18,7 @@ this module loads neither `kubernetes` nor `kfp`: clients are built on the first
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -26,11 +27,12 @@ from shared.backends.kubernetes import hub, manifests, states
 from shared.backends.kubernetes.access import Cluster, ClusterOptions, Kfp, KfpOptions
 from shared.backends.kubernetes.resources import CustomResources, deleted_by_us, remember_end, split_id
 from shared.backends.kubernetes.runs import KFP_PREFIX, PipelineRuns
-from shared.errors import BackendError, SpecError
+from shared.errors import ApiError, BackendError, SpecError
 from shared.specs.model import PipelineRunSpec, Spec
 from shared.status import Handle, Kind, Status
 
 __all__ = ["KFP_PREFIX", "KubernetesBackend"]
+log = logging.getLogger(__name__)
 
 
 class KubernetesBackend:
@@ -145,17 +147,51 @@ class KubernetesBackend:
     # ------------------------------------------------------------------ find and get
 
     def find(self, key: str, kind: Kind | None = None, namespace: str | None = None) -> Handle | None:
-        """`namespace` (the manifest's) is searched first: a new process knows no namespace it used."""
-        if kind is Kind.PIPELINE:
-            return self.runs.find(key, namespace or self.kfp.options.namespace)
+        """The newest work under `key`, whatever its kind: a key holds one kind of work, and the
+        operations layer refuses a task of another kind, so every kind is looked at (custom
+        resources of each kind we create and, when KFP is configured, its runs).
+
+        `kind` is the task's own (None: a lookup by key): errors reading it are the caller's, while
+        another kind the cluster does not serve (404) or hides from us (403) holds nothing (see
+        `CustomResources.find`; a KFP run list likewise, and a multi-user KFP with no namespace
+        named). `namespace` (the manifest's) is searched first: a new process knows no namespace
+        it used. Cost: one list per kind and namespace plus one KFP list, once per submission.
+        """
         if namespace:
             self._check_allowed(namespace)
-        found = self.resources.find(
-            key, kind, list(dict.fromkeys([*([namespace] if namespace else []), *self._search_namespaces()]))
-        )
-        if found is None and kind is None and self.kfp.configured:
-            return self.runs.find(key, self.kfp.options.namespace)
-        return found
+        found = self._find_resources(key, kind, namespace)
+        run = self._find_run(key, kind, namespace)
+        if run is not None:
+            found.append(run)
+        # On a tie (only work made before keys held one kind), the other kind: it is refused, never adopted.
+        return max(found, key=lambda h: (h.attempt, h.kind is not kind), default=None)
+
+    def _find_resources(self, key: str, kind: Kind | None, namespace: str | None) -> list[Handle]:
+        try:
+            searched = self._search_namespaces()
+        except SpecError:  # no cluster configured
+            if kind is Kind.PIPELINE or (kind is None and self.kfp.configured):
+                return []  # a KFP-only configuration: no custom resources of ours anywhere
+            raise
+        namespaces = list(dict.fromkeys([*([namespace] if namespace else []), *searched]))
+        return self.resources.find(key, namespaces, own=kind)
+
+    def _find_run(self, key: str, kind: Kind | None, namespace: str | None) -> Handle | None:
+        if kind is Kind.PIPELINE:
+            return self.runs.find(key, namespace or self.kfp.options.namespace)
+        if not self.kfp.configured:
+            return None
+        try:
+            return self.runs.find(key, namespace or self.kfp.options.namespace)
+        except SpecError as exc:
+            if exc.path != "namespace":  # a KFP misconfiguration is the user's to fix
+                raise
+            log.warning("looking up key %r: KFP runs skipped: %s", key, exc)  # multi-user, no namespace
+        except ApiError as exc:
+            if exc.status not in (403, 404):
+                raise
+            log.warning("looking up key %r: KFP runs skipped: %s", key, exc)
+        return None
 
     def get(self, id: str) -> Handle:
         if id.startswith(KFP_PREFIX):
