@@ -168,12 +168,13 @@ class KubernetesBackend:
 
     def _find_resources(self, key: str, kind: Kind | None, namespace: str | None) -> list[Handle]:
         try:
-            searched = self._search_namespaces()
-        except SpecError:  # no cluster configured
-            if kind is Kind.PIPELINE or (kind is None and self.kfp.configured):
-                return []  # a KFP-only configuration: no custom resources of ours anywhere
+            self.cluster.api_client()  # built once per backend
+        except SpecError:
+            runs_only = kind is Kind.PIPELINE or (kind is None and self.kfp.configured)
+            if runs_only and not self.cluster.options_given:  # a KFP-only configuration: no cluster
+                return []
             raise
-        namespaces = list(dict.fromkeys([*([namespace] if namespace else []), *searched]))
+        namespaces = list(dict.fromkeys([*([namespace] if namespace else []), *self._search_namespaces()]))
         return self.resources.find(key, namespaces, own=kind)
 
     def _find_run(self, key: str, kind: Kind | None, namespace: str | None) -> Handle | None:
