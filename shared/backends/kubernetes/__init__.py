@@ -153,8 +153,9 @@ class KubernetesBackend:
 
         `kind` is the task's own (None: a lookup by key): errors reading it are the caller's, while
         another kind the cluster does not serve (404) or hides from us (403) holds nothing (see
-        `CustomResources.find`; a KFP run list likewise, and a multi-user KFP with no namespace
-        named). `namespace` (the manifest's) is searched first: a new process knows no namespace
+        `CustomResources.find`; KFP runs likewise when KFP refuses us, 401/403/404, or is in
+        multi-user mode with no namespace named; a KFP out of reach is an error, as the key cannot
+        be judged without it). `namespace` (the manifest's) is searched first: a new process knows no namespace
         it used. Cost: one list per kind and namespace plus one KFP list, once per submission.
         """
         if namespace:
@@ -189,7 +190,7 @@ class KubernetesBackend:
                 raise
             log.warning("looking up key %r: KFP runs skipped: %s", key, exc)  # multi-user, no namespace
         except ApiError as exc:
-            if exc.status not in (403, 404):
+            if exc.status not in (401, 403, 404):  # out of reach or failing: the key cannot be judged
                 raise
             log.warning("looking up key %r: KFP runs skipped: %s", key, exc)
         return None
