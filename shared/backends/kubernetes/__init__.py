@@ -11,8 +11,9 @@ namespace rules and the waiting both share. Handle ids say where the work is:
 Idempotency: a CR carries the label `kubeflow-tasks.dev/key-hash` and the annotations
 `kubeflow-tasks.dev/key` and `kubeflow-tasks.dev/attempt`, and its name is deterministic in (spec
 name, key, attempt); a KFP run has the display name `<name>-<key hash>-<attempt>` and its key in
-the description. Both carry the spec fingerprint (`shared.fingerprint`). Waiting uses the process-wide shared watches and KFP poller of `hub`. Importing
-this module loads neither `kubernetes` nor `kfp`: clients are built on the first request.
+the description. Both carry the spec fingerprint (`shared.fingerprint`), and a key is looked up
+across every kind (`find`). Waiting uses the process-wide shared watches and KFP poller of `hub`.
+Importing this module loads neither `kubernetes` nor `kfp`: clients are built on the first request.
 """
 
 from __future__ import annotations
@@ -155,8 +156,8 @@ class KubernetesBackend:
         another kind the cluster does not serve (404) or hides from us (403) holds nothing (see
         `CustomResources.find`; KFP runs likewise when KFP refuses us, 401/403/404, or is in
         multi-user mode with no namespace named; a KFP out of reach is an error, as the key cannot
-        be judged without it). `namespace` (the manifest's) is searched first: a new process knows no namespace
-        it used. Cost: one list per kind and namespace plus one KFP list, once per submission.
+        be judged without it). `namespace` (the manifest's) is searched first: a new process knows
+        no namespace it used. Cost: one list per kind and namespace plus one KFP list, per submission.
         """
         if namespace:
             self._check_allowed(namespace)
