@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from shared.backends.kubernetes import naming
-from shared.errors import DeadlineExceeded, SpecError
+from shared.errors import DeadlineExceeded, KeyConflict, SpecError
 from shared.operations import submit_or_adopt, wait_for
 from shared.specs import load_spec
 from shared.status import State
@@ -321,3 +321,96 @@ def test_a_job_the_cluster_refuses_is_refused_first_naming_the_field_the_cluster
     assert field_named(body) == field, (field, body)
     assert all(o["metadata"]["name"] != manifest["metadata"]["name"]
                for o in cluster.objects(PLURALS[manifest["kind"]], tmp_path))
+
+
+# ---------------------------------------------------------------- a key holds one kind of work
+
+
+def backend_with_kfp(cluster: TestCluster, kfp_double, tmp_path):
+    """The cluster's backend with KFP: the double's for both (the real stack has no KFP), so on the
+    real stack custom resources are the real API server's and runs the double's."""
+    from shared.backends.kubernetes import KubernetesBackend
+
+    return KubernetesBackend(kubeconfig=str(cluster.kubeconfig(tmp_path)), kfp_host=kfp_double.kfp_url,
+                             kfp_token=kfp_double.kfp_token, kfp_poll_interval=0.2)
+
+
+def pipeline_run(name: str) -> dict:
+    return {"apiVersion": "kubeflow-tasks/v1", "kind": "PipelineRun", "metadata": {"name": name},
+            "spec": {"pipeline": str(SPECS / "pipelines" / "add.yaml"), "parameters": {"a": 1, "b": 2}}}
+
+
+def experiment(cluster: TestCluster, name: str) -> dict:
+    doc = yaml.safe_load((SPECS / "katib-random.yaml").read_text())
+    doc["metadata"] = {"name": name, "namespace": cluster.namespace}
+    return doc
+
+
+def test_a_key_holding_a_training_job_refuses_an_experiment_and_a_pipeline_run(cluster, k8s_double, tmp_path):
+    """Before: each kind looked only at its own resources, so both were submitted beside the job.
+    On the real stack there is no Katib: the experiments list is a 404, the refusal still comes."""
+    k8s_double.set_behaviour(kfp_run_seconds=60)
+    backend = backend_with_kfp(cluster, k8s_double, tmp_path)
+    key = unique("one-kind")
+    job = submit_or_adopt(backend, load_spec(cluster.training_manifest(
+        SPECS / "pytorch-mnist.yaml", hang=True, name=unique("holder"))), key)
+    try:
+        for other in (experiment(cluster, unique("exp")), pipeline_run(unique("run"))):
+            with pytest.raises(KeyConflict, match=f"held by PyTorchJob {job.handle.id}") as refused:
+                submit_or_adopt(backend, load_spec(other), key)
+            assert len(str(refused.value).splitlines()) == 1
+        assert k8s_double.runs() == []
+        if cluster.kind == "double":
+            assert k8s_double.objects("experiments") == []
+        assert len(with_key(cluster.objects("pytorchjobs", tmp_path), key)) == 1
+    finally:
+        backend.cancel(job.handle)
+
+
+def test_a_key_holding_a_pipeline_run_refuses_a_training_job(cluster, k8s_double, tmp_path):
+    k8s_double.set_behaviour(kfp_run_seconds=60)
+    backend = backend_with_kfp(cluster, k8s_double, tmp_path)
+    key = unique("one-kind")
+    run = submit_or_adopt(backend, load_spec(pipeline_run(unique("holder"))), key)
+    try:
+        job = cluster.training_manifest(SPECS / "tfjob-dist.yaml", seconds=1, name=unique("second"))
+        with pytest.raises(KeyConflict, match=f"held by PipelineRun {run.handle.id}"):
+            submit_or_adopt(backend, load_spec(job), key)
+        assert with_key(cluster.objects("tfjobs", tmp_path), key) == []
+        assert len(k8s_double.runs()) == 1
+    finally:
+        backend.cancel(run.handle)
+
+
+def test_a_kind_the_cluster_does_not_serve_or_hides_from_us_holds_nothing(cluster, k8s_double, tmp_path):
+    """No Katib (404 on its list) or no grant to list it (403): a training job under a fresh key is
+    still submitted, and found again by key; a 403 on the task's own kind stays an error. The real
+    stack has no Katib; on the double its absence and RBAC's denial are switched on."""
+    from kubernetes.client.exceptions import ApiException
+
+    from shared.errors import ApiError
+
+    if cluster.kind == "real":
+        from kubernetes import client
+
+        with pytest.raises(ApiException) as absent:  # what makes this the no-Katib case
+            client.CustomObjectsApi(cluster.api_client(tmp_path)).list_namespaced_custom_object(
+                "kubeflow.org", "v1beta1", cluster.namespace, "experiments")
+        assert absent.value.status == 404
+    backend = backend_with_kfp(cluster, k8s_double, tmp_path)
+    spec = load_spec(cluster.training_manifest(SPECS / "pytorch-mnist.yaml", seconds=1, name=unique("fresh")))
+    denials = [{"absent": {"experiments"}}, {"forbidden": {"experiments"}}] if cluster.kind == "double" else [{}]
+    for denial in denials:
+        if denial:
+            k8s_double.set_behaviour(**{"absent": set(), "forbidden": set(), **denial})
+        key = unique("fresh")
+        submission = submit_or_adopt(backend, spec, key)
+        assert not submission.adopted and submission.handle.resource == "PyTorchJob", denial
+        assert backend.find(key).id == submission.handle.id  # a lookup by key skips that kind too
+        assert submission.handle.id in {h.id for h in backend.list()}
+        assert submit_or_adopt(backend, spec, key).adopted
+        backend.cancel(submission.handle)
+    if cluster.kind == "double":
+        k8s_double.set_behaviour(absent=set(), forbidden={"pytorchjobs"})
+        with pytest.raises(ApiError, match="403"):
+            submit_or_adopt(backend, spec, unique("own-kind"))

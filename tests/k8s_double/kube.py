@@ -126,6 +126,8 @@ class KubeApi:
         self.watch_cut_after = 2  # events sent before a "watch-cut" fault breaks the stream
         self.policy_webhooks: list[Any] = []  # see _policy_webhooks
         self.dry_runs = 0  # dry-run creates answered (they leave nothing in the store)
+        self.absent: set[str] = set()  # plurals whose CRD is "not installed": every request is a 404
+        self.forbidden: set[str] = set()  # plurals RBAC keeps from us: every request is a 403
 
     # -- App protocol
 
@@ -178,6 +180,14 @@ class KubeApi:
         if res is None or (path.startswith("/apis/") and (parts["group"], parts["version"]) != (res.group, res.version)):
             raise KubeError(404, "NotFound", "the server could not find the requested resource")
         ns, name, sub = parts["ns"], parts["name"], parts["sub"]
+        if res.plural in self.absent:  # what kube-apiserver answers for a resource no CRD defines
+            raise KubeError(404, "NotFound", "the server could not find the requested resource")
+        if res.plural in self.forbidden:  # kube-apiserver's RBAC denial, word for word
+            verb = {"GET": "list" if name is None else "get", "POST": "create", "DELETE": "delete"}.get(req.method, "patch")
+            where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
+            raise KubeError(403, "Forbidden", f'{res.qualified} is forbidden: User "double" cannot {verb} resource '
+                            f'"{res.plural}" in API group "{res.group}"{where}',
+                            {"group": res.group, "kind": res.plural})
         if name is None:
             if req.method == "GET":
                 return self._watch(req, res, ns, fault) if self.stream_kind(req) == "watch" else self._list(req, res, ns)

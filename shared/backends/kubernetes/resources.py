@@ -6,11 +6,15 @@ deterministic in (spec name, key, attempt), so a retried create meets its own ea
 409 AlreadyExists. A 404 we caused (our delete, marked by an annotation first) is CANCELLED; a job
 removed by its `ttlSecondsAfterFinished` keeps the end recorded for it (`outcomes`); any other is
 FAILED "deleted externally".
+
+Looking up a key reads every kind we create (one list per kind and namespace), because a key holds
+one kind of work: see `find` for what a kind the cluster does not serve or hides from us counts as.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +28,7 @@ from shared.specs.model import ExperimentSpec, TrainingJobSpec
 from shared.status import Handle, Kind, State, Status
 
 BACKEND_NAME = "kubernetes"
+log = logging.getLogger(__name__)
 _DELETED_BY_US: set[str] = set()  # handle ids this process deleted: their 404 means CANCELLED
 
 
@@ -120,21 +125,53 @@ class CustomResources:
 
     # ------------------------------------------------------------------ find and get
 
-    def find(self, key: str, kind: Kind | None, namespaces: Sequence[str]) -> Handle | None:
-        """The newest attempt under `key` in any of `namespaces`, a job removed by its TTL included."""
+    def find(self, key: str, namespaces: Sequence[str], own: Kind | None = None) -> list[Handle]:
+        """Every attempt under `key` in any of `namespaces`, of every kind we create.
+
+        `own` is the kind the caller is about to submit (None: a lookup by key). A kind the cluster
+        does not serve (404 on its list: its CRD is not installed, e.g. no Katib) holds nothing. A
+        kind we may not list (RBAC 403) holds nothing we can see unless it is `own`'s: then the
+        403 is the caller's, as it was before other kinds were looked at. Why: a cluster that
+        locks a kind away from us (Katib experiments for a team that only trains) must not break
+        every submission; the price is that work of that kind under the key, made by someone
+        allowed to, goes unnoticed (we could not see, adopt or cancel it either). Each skip is
+        logged as a warning.
+        """
         found: dict[str, Handle] = {}
-        resources = manifests.FOR_KIND.get(kind, ()) if kind else tuple(manifests.RESOURCES.values())
+        for namespace in namespaces:  # jobs removed by their TTL: their recorded ends (see `outcomes`)
+            for handle, _, _ in self.outcomes.for_key(key, namespace):
+                found[handle.id] = handle
         selector = f"{naming.KEY_HASH_LABEL}={naming.key_hash(key)}"
+        for obj, resource in self._list_every_kind(namespaces, selector, own, f"key {key!r}"):
+            if (obj["metadata"].get("annotations") or {}).get(naming.KEY_ANNOTATION) == key:
+                handle = self.handle(resource, obj)
+                found[handle.id] = handle
+        return list(found.values())
+
+    def _list_every_kind(
+        self, namespaces: Sequence[str], selector: str, own: Kind | None, what: str
+    ) -> list[tuple[dict[str, Any], manifests.Resource]]:
+        """Our objects of every kind in `namespaces`; kinds not served or not visible are skipped
+        (see `find`), and a kind found not served is not asked for in the next namespace."""
+        skipped: set[str] = set()
+        found: list[tuple[dict[str, Any], manifests.Resource]] = []
         for namespace in namespaces:
-            if kind in (None, Kind.TRAINING_JOB):  # only training jobs have a TTL (and records)
-                for handle, _, _ in self.outcomes.for_key(key, namespace):
-                    found[handle.id] = handle
-            for resource in resources:
-                for obj in self.list_objects(namespace, resource, selector):
-                    if (obj["metadata"].get("annotations") or {}).get(naming.KEY_ANNOTATION) == key:
-                        handle = self.handle(resource, obj)
-                        found[handle.id] = handle
-        return max(found.values(), key=lambda h: h.attempt) if found else None
+            for resource in manifests.RESOURCES.values():
+                if resource.plural in skipped:
+                    continue
+                try:
+                    objects = self.list_objects(namespace, resource, selector)
+                except Exception as exc:
+                    status = http_status(exc)
+                    if status == 404:
+                        skipped.add(resource.plural)  # not served in any namespace
+                        continue
+                    if status == 403 and resource.work is not own:
+                        log.warning("looking up %s: %s in %s skipped: %s", what, resource.kind, namespace, exc)
+                        continue
+                    raise
+                found += [(obj, resource) for obj in objects]
+        return found
 
     def get(self, handle_id: str) -> Handle:
         namespace, plural, name = split_id(handle_id)
@@ -159,12 +196,9 @@ class CustomResources:
         return annotations.get(manifests.FINGERPRINT_ANNOTATION)
 
     def list(self, namespaces: Sequence[str]) -> list[Handle]:
-        handles = []
-        for namespace in namespaces:
-            for resource in manifests.RESOURCES.values():
-                objects = self.list_objects(namespace, resource, naming.KEY_HASH_LABEL)
-                handles += [self.handle(resource, obj) for obj in objects]
-        return handles
+        """Our work of every kind the cluster serves and lets us see (see `find`)."""
+        objects = self._list_every_kind(namespaces, naming.KEY_HASH_LABEL, None, "our work")
+        return [self.handle(resource, obj) for obj, resource in objects]
 
     # ------------------------------------------------------------------ status and cancel
 
