@@ -236,8 +236,17 @@ def apply_recurring_run(
         removed = tuple(r["recurring_run_id"] for r in existing)
         return Applied("deleted" if removed else "absent", key, removed=removed)
 
-    pipeline_arguments(pipeline_docs(spec)[0], spec.parameters, env or {})  # bad parameters fail before any upload
-    version = upload_pipeline(kfp, spec, version_name=version_name, namespace=namespace)
+    if spec.pipeline_name:  # an uploaded pipeline: its version is looked up, nothing is uploaded
+        from shared.backends.kubernetes.uploaded import resolve
+
+        if version_name:
+            raise SpecError("--pipeline-version", "names the version to upload; an uploaded pipeline's version is spec.pipelineVersion")
+        version, pipeline = resolve(kfp, spec, namespace)
+        pipeline_arguments(pipeline, spec.parameters, env or {})
+    else:
+        pipeline = pipeline_docs(spec)[0]
+        pipeline_arguments(pipeline, spec.parameters, env or {})  # bad parameters fail before any upload
+        version = upload_pipeline(kfp, spec, version_name=version_name, namespace=namespace)
     digest = _config_digest(version, spec, schedule, experiment_id)
     keep = next((r for r in existing if _digest_of(r) == digest), None)
     stale = [r for r in existing if r is not keep]
@@ -259,7 +268,7 @@ def apply_recurring_run(
         "display_name": display_name,
         "description": f"{DESCRIPTION_PREFIX}{key}\n{CONFIG_PREFIX}{digest}",
         "pipeline_version_reference": {"pipeline_id": version.pipeline_id, "pipeline_version_id": version.version_id},
-        "runtime_config": {"parameters": pipeline_arguments(pipeline_docs(spec)[0], spec.parameters, env or {})},
+        "runtime_config": {"parameters": pipeline_arguments(pipeline, spec.parameters, env or {})},
         "trigger": {"cron_schedule": {"cron": schedule.cron}},
         "max_concurrency": str(schedule.max_concurrency),
         "no_catchup": schedule.no_catchup,
