@@ -146,3 +146,23 @@ def test_the_airflow_operator_applies_the_same_rules(k8s_double, tmp_path, monke
     assert len(recurring(k8s_double)) == 1
     with pytest.raises(SpecError, match=r"^cron: "):
         operator("0 25 * * *")  # when the DAG is parsed
+
+
+def test_a_document_naming_an_uploaded_pipeline_schedules_that_version_without_uploading(schedule, k8s_double, tmp_path):
+    code, first, err = schedule("--spec", str(run_spec(tmp_path)), "--cron", "0 2 * * *", "--key", "uploaded")
+    assert code == 0, err
+    versions = len(k8s_double.kfp.versions)
+    doc = tmp_path / "by-name.yaml"
+    doc.write_text(yaml.safe_dump({
+        "apiVersion": "kubeflow-tasks/v1", "kind": "PipelineRun", "metadata": {"name": "by-name", "namespace": NAMESPACE},
+        "spec": {"pipelineName": "adder", "pipelineVersion": first["pipeline_version"], "parameters": {"a": 7}},
+    }))
+    code, made, err = schedule("--spec", str(doc), "--cron", "0 3 * * *", "--key", "by-name")
+    assert code == 0, err
+    assert made["action"] == "created" and made["pipeline_version_id"] == first["pipeline_version_id"]
+    assert len(k8s_double.kfp.versions) == versions  # nothing uploaded
+    ours = next(r for r in recurring(k8s_double) if r["recurring_run_id"] == made["recurring_run_id"])
+    assert ours["runtime_config"]["parameters"] == {"a": 7.0}
+    doc.write_text(doc.read_text().replace(first["pipeline_version"], "v-missing"))
+    code, _, err = schedule("--spec", str(doc), "--cron", "0 3 * * *", "--key", "by-name")
+    assert code == 2 and err.strip().startswith("kubeflow-tasks: error: spec.pipelineVersion: pipeline 'adder' has no version 'v-missing'")

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shared.errors import SpecError
+
 REPO = Path(__file__).resolve().parents[1]
 ADD = REPO / "tests" / "data" / "specs" / "pipelines" / "add.yaml"
 
@@ -180,3 +182,58 @@ def test_the_local_backend_refuses_in_one_line(cli, tmp_path):
     (line,) = err.splitlines()
     assert line.startswith("kubeflow-tasks: error: --pipeline-name: the local backend has no pipeline registry")
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("spec.json"))
+
+
+DAG = '''
+import pendulum
+from airflow.sdk import DAG
+from airflow_provider.operators import KubeflowPipelineRunOperator
+
+with DAG("kft_uploaded", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False):
+    KubeflowPipelineRunOperator(task_id="run", kubeflow_conn_id="kfp_double", pipeline_name="adder",
+                                pipeline_version="{{ 'v' ~ (0 + 1) }}", spec_params={"a": "{{ 2 + 1 }}", "b": "4"})
+'''
+
+
+@pytest.mark.e2e
+def test_the_airflow_operator_runs_an_uploaded_pipeline_by_name(k8s_double, tmp_path):
+    from airflow_env import new_airflow, run_to_end
+
+    first = upload(k8s_double, tmp_path, "v1")
+    upload(k8s_double, tmp_path, "v2")
+    env = new_airflow(tmp_path)
+    (env.dags_folder / "kft_uploaded.py").write_text(DAG)
+    env.set_connection("kfp_double", "kubeflow", {"backend": "kubernetes", "kubeconfig_path": str(
+        k8s_double.write_kubeconfig(tmp_path / "kubeconfig"))}, host=k8s_double.kfp_url, password=k8s_double.kfp_token)
+    code, output = run_to_end(env, "dags", "test", "kft_uploaded", log_name="dags-test.log")
+    assert code == 0, output[-3000:]
+    (run,) = k8s_double.runs()
+    assert run["pipeline_version_reference"]["pipeline_version_id"] == first["pipeline_version_id"]  # templated
+    assert run["runtime_config"]["parameters"] == {"a": 3.0, "b": 4.0}
+    assert env.task_states("kft_uploaded") == {"run": "success"}
+    assert env.xcoms("kft_uploaded", "run")["return_value"]["id"] == f"kfp/{run['run_id']}"
+
+
+def test_the_dolphinscheduler_task_runs_an_uploaded_pipeline_by_name(k8s_double, tmp_path):
+    from dolphinscheduler_tasks import KubeflowPipeline, offline
+    from tests.ds_harness import SUCCESS, Worker
+
+    made = upload(k8s_double, tmp_path, "v1")
+    token = tmp_path / "kfp-token"
+    token.write_text(k8s_double.kfp_token)
+    with offline():
+        task = KubeflowPipeline(
+            name="run", pipeline_name="adder", params={"a": "${a}", "b": "2"}, backend="kubernetes",
+            kubeconfig=str(k8s_double.write_kubeconfig(tmp_path / "kubeconfig")), kfp_host=k8s_double.kfp_url,
+            kfp_token_file=str(token),
+        ).get_define()
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+           "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": ""}
+    result = Worker(tmp_path / "worker", env, global_params={"a": "5"}).run(task)
+    assert result.state == SUCCESS, result.log[-3000:]
+    (run,) = k8s_double.runs()
+    assert result.var_pool["id"] == f"kfp/{run['run_id']}" and result.var_pool["state"] == "SUCCEEDED"
+    assert run["pipeline_version_reference"]["pipeline_version_id"] == made["pipeline_version_id"]
+    assert run["runtime_config"]["parameters"] == {"a": 5.0, "b": 2.0}
+    with pytest.raises(SpecError, match=r"^spec: give spec or pipeline_name"):
+        KubeflowPipeline(name="both", spec=str(ADD), pipeline_name="adder")
