@@ -210,7 +210,7 @@ class KubeflowBaseOperator(BaseOperator):
             status = self._submitted(context, options, submission)
             if not status.terminal:
                 self._defer(context, submission)
-            finish(submission, status)
+            finish(submission, status, spec)
             return self._complete(context, submission.handle, status)
 
         outcome = asyncio.run(self._run_sync(context, options, spec, key, common, run_async))
@@ -371,7 +371,7 @@ class KubeflowBaseOperator(BaseOperator):
         else:
             status = Status.from_dict(event["status"])
         self._log_status(status)
-        finish(self._submission, status)
+        finish(self._submission, status, self._resolve_spec())  # the spec again: an experiment's plots need it
         return self._complete(context, handle, status)
 
     def _print_log_tail(self, backend: Backend, handle: Handle) -> None:
