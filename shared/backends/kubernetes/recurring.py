@@ -316,8 +316,35 @@ def kfp_cron(cron: str, field_name: str = "--cron") -> str:
     return full
 
 
-def check_concurrency(value: int) -> int:
+def check_concurrency(value: int, field_name: str = "--max-concurrency") -> int:
     low, high = MAX_CONCURRENCY
-    if not low <= value <= high:
-        raise SpecError("--max-concurrency", f"expected {low} to {high}, got {value}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SpecError(field_name, f"expected {low} to {high}, got {value!r}")
     return value
+
+
+def schedule_of(
+    cron: str | None,
+    max_concurrency: int = 1,
+    no_catchup: bool = False,
+    disable: bool = False,
+    delete: bool = False,
+    *,
+    flags: bool = False,
+) -> Schedule | None:
+    """The schedule the CLI's, the operator's or the task's arguments ask for (None: delete it),
+    checked before anything is contacted. `flags` names the fields as the CLI's options."""
+
+    def name(field_name: str) -> str:
+        return f"--{field_name.replace('_', '-')}" if flags else field_name
+
+    if disable and delete:
+        raise SpecError(name("disable"), "give disable or delete, not both")
+    if not delete and not cron:
+        raise SpecError(name("cron"), f"required (or {name('delete')})")
+    full = kfp_cron(cron, name("cron")) if cron else None
+    check_concurrency(max_concurrency, name("max_concurrency"))
+    if delete:
+        return None
+    assert full is not None
+    return Schedule(full, max_concurrency, no_catchup, enabled=not disable)
