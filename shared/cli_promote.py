@@ -84,6 +84,30 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def promote_arguments(spec: Any, run_id: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The options that make this command do `spec` ((flag, value) pairs, switches), for a scheduler
+    that runs the CLI (DolphinScheduler): the flags are this parser's, so they are written here.
+    `run_id` is given apart: on such a scheduler it is often a reference resolved only on the worker."""
+    import shlex
+
+    arguments = [("--model-name", spec.model_name), ("--run-id", run_id)]
+    if spec.evaluate_spec:
+        arguments.append(("--evaluate-spec", spec.evaluate_spec))
+        arguments += [("--evaluate-param", f"{name}={value}") for name, value in spec.evaluate_params.items()]
+    else:
+        arguments.append(("--evaluate", shlex.join(spec.evaluate)))
+    arguments += [
+        ("--metric", spec.metric),
+        ("--margin", repr(spec.margin)),
+        ("--baseline", spec.baseline),
+        ("--artifact-path", spec.artifact_path),
+        ("--alias", spec.alias),
+    ]
+    if spec.evaluate_timeout is not None:
+        arguments.append(("--evaluate-timeout", f"{spec.evaluate_timeout:g}s"))
+    return arguments, ["--greater-is-better"] if spec.greater_is_better else []
+
+
 def emit_decision(result: dict[str, Any], output: str) -> None:
     from shared.promotion import OUT_PARAMETERS
     from shared.setvalue import safe_value

@@ -153,3 +153,57 @@ def test_an_evaluation_that_does_not_take_the_model_is_refused(tmp_path, state_d
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "kubeflow-tasks: error: evaluate_spec: must take the model to judge: put ${params.model_uri} in the manifest")
+
+
+def test_the_dolphinscheduler_task_runs_the_evaluation_as_work(tmp_path, mlflow_server, state_dir):
+    from mlflow.tracking import MlflowClient
+
+    from dolphinscheduler_tasks import ModelPromotion, offline
+    from tests.ds_harness import SUCCESS, Worker
+
+    client = MlflowClient(mlflow_server)
+    run_id = training_run(client, tmp_path, 0.5)
+    log = tmp_path / "judged.log"
+    with offline():
+        task = ModelPromotion(
+            name="promote", model_name="ds-forecaster", run_id="${mlflow_run_id}", evaluate_spec=evaluation_job(tmp_path),
+            evaluate_params={"log": str(log), "hang": "${no_hang}"}, mlflow_tracking_uri=mlflow_server,
+        ).get_define()
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"], "PYTHONPATH": str(ROOT)}
+    worker = Worker(tmp_path / "worker", env, global_params={"no_hang": ""})
+    result = worker.run(task, {"mlflow_run_id": run_id})
+    assert result.state == SUCCESS, result.log[-3000:]
+    assert (result.var_pool["decision"], result.var_pool["model_version"], result.var_pool["value"]) == ("promoted", "1", "0.5")
+    assert log.read_text().splitlines() == ["models:/ds-forecaster/1", "naive"]
+    key = f"dolphinscheduler/{worker.workflow_instance_id}/{task['code']}"
+    assert set(evaluation_runs(client, key)) == {"challenger", "baseline"}
+
+
+DAG = '''
+import pendulum
+from airflow.sdk import DAG
+from airflow_provider.operators.registry import MlflowModelPromotionOperator
+
+with DAG("kft_promote_work", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False):
+    MlflowModelPromotionOperator(task_id="promote", model_name="af-forecaster", run_id="%(run_id)s",
+                                 evaluate_spec="evaluate.yaml", evaluate_params={"log": "%(log)s", "hang": ""})
+'''
+
+
+def test_the_airflow_operator_runs_the_evaluation_as_work(tmp_path, mlflow_server):
+    from airflow_env import new_airflow, run_to_end
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    run_id = training_run(client, tmp_path, 0.4)
+    env = new_airflow(tmp_path)
+    evaluation_job(env.dags_folder)  # beside the DAG file, named relative to it
+    log = tmp_path / "judged.log"
+    (env.dags_folder / "kft_promote_work.py").write_text(DAG % {"run_id": run_id, "log": log})
+    env.set_connection("kubeflow_default", "kubeflow", {"mlflow_tracking_uri": mlflow_server, "state_dir": str(env.state_dir)})
+    code, output = run_to_end(env, "dags", "test", "kft_promote_work", log_name="dags-test.log")
+    assert code == 0, output[-3000:]
+    assert env.task_states("kft_promote_work") == {"promote": "success"}
+    xcoms = env.xcoms("kft_promote_work", "promote")
+    assert (xcoms["decision"], xcoms["model_version"], xcoms["value"]) == ("promoted", "1", 0.4)
+    assert log.read_text().splitlines() == ["models:/af-forecaster/1", "naive"]
