@@ -7,13 +7,12 @@ The CLI runs as a real subprocess with the real kfp_server_api client against th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.k8s_double.fixture import double_cli
 
 REPO = Path(__file__).resolve().parents[1]
 ADD = REPO / "tests" / "data" / "specs" / "pipelines" / "add.yaml"
@@ -32,20 +31,7 @@ def run_spec(tmp_path: Path, name: str = "adder", parameters: dict | None = None
 
 @pytest.fixture
 def schedule(k8s_double, tmp_path):
-    kubeconfig = k8s_double.write_kubeconfig(tmp_path / "kubeconfig")
-    token = tmp_path / "kfp-token"
-    token.write_text(k8s_double.kfp_token)
-
-    def run(*args: str, backend: str = "kubernetes") -> tuple[int, dict, str]:
-        cluster = ["--kubeconfig", str(kubeconfig), "--kfp-host", k8s_double.kfp_url, "--kfp-token-file", str(token)]
-        proc = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "schedule", "pipeline", *args, "--backend", backend,
-             *(cluster if backend == "kubernetes" else []), "--output", "json"],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}, proc.stderr
-
-    return run
+    return double_cli(k8s_double, tmp_path, "schedule", "pipeline")
 
 
 def recurring(k8s_double) -> list[dict]:

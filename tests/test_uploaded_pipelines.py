@@ -8,9 +8,7 @@ sorting, namespaces in multi-user mode). Pipelines are uploaded through our own 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 import yaml
 
 from shared.errors import SpecError
+from tests.k8s_double.fixture import double_cli
 
 REPO = Path(__file__).resolve().parents[1]
 ADD = REPO / "tests" / "data" / "specs" / "pipelines" / "add.yaml"
@@ -46,22 +45,8 @@ def upload(k8s_double, tmp_path: Path, version: str, *, name: str = "adder", nam
 
 @pytest.fixture
 def cli(k8s_double, tmp_path):
-    kubeconfig = k8s_double.write_kubeconfig(tmp_path / "kubeconfig")
-    token = tmp_path / "kfp-token"
-    token.write_text(k8s_double.kfp_token)
-
-    def run(*args: str, backend: str = "kubernetes") -> tuple[int, dict, str]:
-        cluster = ["--kubeconfig", str(kubeconfig), "--kfp-host", k8s_double.kfp_url, "--kfp-token-file", str(token)]
-        proc = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "run", "pipeline", *args, "--backend", backend,
-             *(cluster if backend == "kubernetes" else []), "--output", "json", "--quiet"],
-            capture_output=True, text=True, timeout=120,
-            env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": "",
-                 "KUBEFLOW_TASKS_STATE_DIR": str(tmp_path / "state")},
-        )
-        return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}, proc.stderr
-
-    return run
+    env = {"MLFLOW_TRACKING_URI": "", "KUBEFLOW_TASKS_STATE_DIR": str(tmp_path / "state")}
+    return double_cli(k8s_double, tmp_path, "run", "pipeline", "--quiet", env=env)
 
 
 def creates(k8s_double) -> list[str]:
