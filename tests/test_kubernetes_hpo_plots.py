@@ -91,3 +91,42 @@ def test_without_trial_runs_there_are_no_plots_and_the_outcome_stands(k8s_double
     client = MlflowClient(mlflow_server)
     assert client.list_artifacts(out["mlflow_run_id"], "hpo") == []
     assert client.get_run(out["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_a_deferred_operator_logs_the_plots_when_it_resumes(k8s_double, tmp_path, mlflow_server, monkeypatch):
+    """The deferrable path: the trigger waited, `execute_complete` resolves the spec again for the plots."""
+    import asyncio
+    import uuid
+
+    from mlflow.tracking import MlflowClient
+
+    from airflow_provider.operators.kubeflow import KatibExperimentOperator
+    from shared.backends.kubernetes import KubernetesBackend
+    from shared.operations import submit_or_adopt, wait_for
+    from shared.specs import load_spec
+
+    k8s_double.controllers.trial_workload = play_trial_container
+    kubeconfig = k8s_double.write_kubeconfig(tmp_path / "kc")
+    conn_id = f"kf_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "kubeflow", "extra": {
+        "backend": "kubernetes", "kubeconfig_path": str(kubeconfig), "mlflow_tracking_uri": mlflow_server}}))
+    path = experiment_file(tmp_path)
+    submission = submit_or_adopt(KubernetesBackend(kubeconfig=str(kubeconfig)), load_spec(path), "deferred/1",
+                                 mlflow_tracking_uri=mlflow_server)
+    status = asyncio.run(asyncio.wait_for(wait_for(KubernetesBackend(kubeconfig=str(kubeconfig)), submission.handle), 240))
+    operator = KatibExperimentOperator(task_id="hpo", spec=str(path), kubeflow_conn_id=conn_id)
+
+    class TaskInstance:
+        def xcom_push(self, key, value):
+            pass
+
+    result = operator.execute_complete(
+        {"ti": TaskInstance()}, {"event": "success", "message": "", "handle": submission.handle.to_dict(),
+                                 "status": status.to_dict()},
+        mlflow_run_id=submission.mlflow_run_id, mlflow_experiment_id=submission.mlflow["experiment_id"],
+    )
+    assert result["state"] == "SUCCEEDED"
+    client = MlflowClient(mlflow_server)
+    assert len(client.list_artifacts(submission.mlflow_run_id, "hpo")) == 3
+    assert client.get_run(submission.mlflow_run_id).info.status == "FINISHED"
