@@ -141,8 +141,13 @@ class KubernetesBackend:
         return self.resources.submit(spec, key, attempt, namespace, context)
 
     def dry_run(self, spec: Spec, key: str, attempt: int, context: SubmitContext) -> None:
-        """A server-side dry run of a custom resource (a KFP run has none: its body is checked locally)."""
-        if not isinstance(spec, PipelineRunSpec):
+        """A server-side dry run of a custom resource (a KFP run has none: its body is checked locally,
+        and an uploaded pipeline's version is looked up)."""
+        if isinstance(spec, PipelineRunSpec):
+            if spec.namespace:
+                self._check_allowed(spec.namespace)
+            self.runs.dry_run(spec, spec.namespace or self.kfp.options.namespace, context.env)
+        else:
             self.resources.dry_run(spec, key, attempt, self.namespace_for(spec), context)
 
     # ------------------------------------------------------------------ find and get

@@ -104,28 +104,34 @@ def run_body(
     env: Mapping[str, str],
     mlflow_plugin_experiment: str | None,
     fingerprint: str | None = None,
+    uploaded: tuple[Any, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The v2beta1 Run to create, with the pipeline spec inline (no pipeline upload to clean up).
+    """The v2beta1 Run to create, with the pipeline spec inline (no pipeline upload to clean up),
+    or, for a run of an uploaded pipeline, the reference to the version `uploaded` (`uploaded.resolve`).
 
     Compiling and checking the parameters happens here, before anything is sent; the caller adds
     the experiment id, which may need a request."""
     from shared.specs.pipeline_ir import pipeline_arguments
 
-    docs = pipeline_docs(spec)
-    pipeline = docs[0]
-    if spec.enable_caching is not None:
-        _set_caching(pipeline, spec.enable_caching)
+    body: dict[str, Any] = {"display_name": display_name, "description": describe(key, fingerprint=fingerprint or "")}
+    if uploaded is not None:
+        version, pipeline = uploaded
+        body["pipeline_version_reference"] = {
+            "pipeline_id": version.pipeline_id,
+            "pipeline_version_id": version.version_id,
+        }
+    else:
+        docs = pipeline_docs(spec)
+        pipeline = docs[0]
+        if spec.enable_caching is not None:
+            _set_caching(pipeline, spec.enable_caching)
+        body["pipeline_spec"] = (
+            pipeline if len(docs) == 1 else {"pipeline_spec": pipeline, "platform_spec": docs[1]}
+        )
     runtime_config: dict[str, Any] = {"parameters": pipeline_arguments(pipeline, spec.parameters, env)}
     if spec.pipeline_root:
         runtime_config["pipeline_root"] = spec.pipeline_root
-    body: dict[str, Any] = {
-        "display_name": display_name,
-        "description": describe(key, fingerprint=fingerprint or ""),
-        "pipeline_spec": pipeline
-        if len(docs) == 1
-        else {"pipeline_spec": pipeline, "platform_spec": docs[1]},
-        "runtime_config": runtime_config,
-    }
+    body["runtime_config"] = runtime_config
     if spec.service_account:
         body["service_account"] = spec.service_account
     if mlflow_plugin_experiment:
