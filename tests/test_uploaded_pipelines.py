@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shared.backends.kubernetes import pipelines
 from shared.errors import SpecError
 from tests.k8s_double.fixture import double_cli
 
@@ -64,7 +65,7 @@ def test_a_run_by_name_runs_the_newest_version_by_reference_and_a_retry_adopts_i
         "pipeline_id": new["pipeline_id"], "pipeline_version_id": new["pipeline_version_id"]}
     assert "pipeline_spec" not in run  # the server's version runs, not a copy of it
     assert run["runtime_config"]["parameters"] == {"a": 1.0, "b": 2.5}  # typed by the version's inputs
-    assert run["description"] == "kubeflow-tasks key: nightly/1"
+    assert pipelines.key_of(run) == "nightly/1" and pipelines.field_of(run, "fingerprint")  # key, then fingerprint
 
     code, again, err = cli("--pipeline-name", "adder", "--param", "a=1", "--param", "b=2.5", "--key", "nightly/1")
     assert code == 0, err
