@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sqlite3
 import statistics
 import subprocess
@@ -43,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ from bench.cluster import ApiserverRequests, LoadSampler, SucceededClock, percen
 from bench.trigger_waits import CONN_ID, connection_env, delete_all, submit_all  # noqa: E402
 
 DAG_ID = "bench_deferred"
+CONTROL_START = 90.0  # seconds before the control phase's first moment may come (setup, start-up)
 BLOCKED = "Triggerer's async thread was blocked"  # airflow/jobs/triggerer_job_runner.py, block_watchdog
 FIRED = "Trigger fired event"  # airflow/jobs/triggerer_job_runner.py, run_trigger
 DAG_FILE = f'''"""{DAG_ID}: one placeholder task, which the benchmark defers through the ORM in N runs."""
@@ -269,10 +271,19 @@ def run_phase(kind: str, home: Path, env: dict[str, str], args: argparse.Namespa
     server = ApiserverRequests(args.kubeconfig)
     load = LoadSampler()
     names = [f"bench-af-{tag}-{i}" for i in range(args.jobs)]
-    handles = submit_all(args.kubeconfig, args.namespace, names, args.min_seconds, args.max_seconds)
+    moments: list[float] = []
+    if kind == "control":  # Airflow's own DateTimeTrigger: what the triggerer costs without us
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        handles = []
+        first = time.time() + CONTROL_START
+        moments = [first + random.uniform(args.min_seconds, args.max_seconds) for _ in names]
+        triggers = [DateTimeTrigger(moment=datetime.fromtimestamp(m, tz=UTC)) for m in moments]
+    else:
+        handles = submit_all(args.kubeconfig, args.namespace, names, args.min_seconds, args.max_seconds)
     if kind == "shared":
         triggers = [KubeflowRunTrigger(handle=h.to_dict(), kubeflow_conn_id=CONN_ID) for h in handles]
-    else:
+    elif kind == "polling":
         triggers = [PollingTrigger(h.to_dict(), CONN_ID) for h in handles]
     index = defer_all(tag, triggers)
     resumes = Resumes(home / "airflow.db", tag)
@@ -294,7 +305,10 @@ def run_phase(kind: str, home: Path, env: dict[str, str], args: argparse.Namespa
     left = retire(tag)
     clock.stop()
     trigger_started, fired = trigger_log_times(home, tag)
-    succeeded = {t: clock.at[names[i]] for t, i in index.items() if names[i] in clock.at}
+    objects = [h.id.rsplit("/", 1)[-1] for h in handles]  # the backend's names (key hash, attempt)
+    succeeded = {t: clock.at[objects[i]] for t, i in index.items() if handles and objects[i] in clock.at}
+    if kind == "control":  # the moment each DateTimeTrigger was due is its "status change"
+        succeeded = {t: moments[i] for t, i in index.items()}
     # A job that succeeded before its trigger ran is no delay of the trigger's (the triggerer was
     # still starting): only changes after the trigger started count.
     counted = [t for t in succeeded if t in trigger_started and succeeded[t] > trigger_started[t]]
@@ -305,7 +319,8 @@ def run_phase(kind: str, home: Path, env: dict[str, str], args: argparse.Namespa
     delete_all(args.kubeconfig, [h.id for h in handles])
     blocked = triggerer.blocked_warnings()
     return {
-        "phase": {"shared": "KubeflowRunTrigger (shared watch)", "polling": "polling trigger (2 s)"}[kind],
+        "phase": {"shared": "KubeflowRunTrigger (shared watch)", "polling": "polling trigger (2 s)",
+                  "control": "control: Airflow's DateTimeTrigger (no cluster)"}[kind],
         "waits": args.jobs, "resumed": len(resumed_at), "fired": len(fired), "counted": len(counted), "left_deferred": left, "seconds": seconds,
         "rpm": reads / seconds * 60, "verbs": verbs, "own": own, "cpu": cpu, "rss": triggerer.peak_rss / 2**20,
         "fired_p50": statistics.median(to_fired) if to_fired else float("nan"), "fired_p95": percentile(to_fired, 0.95),

@@ -186,3 +186,42 @@ def test_a_namespace_of_many_jobs_is_listed_in_pages(k8s_double, tmp_path, monke
     assert all(f"limit={hub.LIST_PAGE}" in path for path in lists), lists
     assert ["continue=" in path for path in lists] == [False, True, True], lists
     assert seen[-1] == "SUCCEEDED", seen
+
+
+def test_triggers_that_start_together_read_the_connection_once(k8s_double, tmp_path, monkeypatch):
+    """In a triggerer each connection lookup is a round trip to its supervisor, answered between its
+    database work; 1,000 triggers asking one by one got their first status minutes late. Here the
+    lookup (Airflow's, wrapped to count and to take as long as a busy supervisor) is asked once for
+    triggers that start together, and again once the reading is older than OPTIONS_SECONDS."""
+    from airflow_provider.hooks.kubeflow import KubeflowHook
+    from airflow_provider.triggers import kubeflow as triggers_module
+    from airflow_provider.triggers.kubeflow import KubeflowRunTrigger
+
+    conn_id = connection(monkeypatch, tmp_path, k8s_double.write_kubeconfig(tmp_path / "kubeconfig"))
+    lookups: list[str] = []
+    original = KubeflowHook.aget_connection.__func__
+
+    async def slow_lookup(cls, conn: str):
+        lookups.append(conn)
+        await asyncio.sleep(0.5)
+        return await original(cls, conn)
+
+    monkeypatch.setattr(KubeflowHook, "aget_connection", classmethod(slow_lookup))
+    submitter = KubernetesBackend(kubeconfig=str(k8s_double.write_kubeconfig(tmp_path / "plain")))
+    handles = [submit_or_adopt(submitter, job(tmp_path, f"together-{i}", "0.5"), f"once/{i}").handle for i in range(20)]
+
+    async def first_event(handle) -> str:
+        async for event in KubeflowRunTrigger(handle=handle.to_dict(), kubeflow_conn_id=conn_id).run():
+            return event.payload["event"]
+        raise AssertionError("no event")
+
+    async def scenario() -> tuple[list[str], str]:
+        together = await asyncio.wait_for(asyncio.gather(*(first_event(h) for h in handles)), 60)
+        monkeypatch.setattr(triggers_module, "OPTIONS_SECONDS", 0.0)  # the reading is now stale
+        later = await asyncio.wait_for(first_event(handles[0]), 60)
+        return together, later
+
+    together, later = asyncio.run(scenario())
+
+    assert together == ["success"] * 20 and later == "success"
+    assert lookups == [conn_id, conn_id]  # once for the twenty, once more when stale
