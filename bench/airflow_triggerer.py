@@ -316,6 +316,9 @@ def run_phase(kind: str, home: Path, env: dict[str, str], args: argparse.Namespa
     to_resumed = sorted(resumed_at[t] - succeeded[t] for t in counted if t in resumed_at)
     reads = sum(n for verb, n in verbs.items() if verb in ("GET", "LIST", "WATCH")) - own
     seconds = ended - started
+    (home / f"{tag}.json").write_text(json.dumps({  # every time, for a closer look afterwards
+        "succeeded": succeeded, "trigger_started": trigger_started, "fired": fired, "resumed": resumed_at,
+    }))
     delete_all(args.kubeconfig, [h.id for h in handles])
     blocked = triggerer.blocked_warnings()
     return {
