@@ -32,21 +32,39 @@ _OPTIONS: dict[str, tuple[float, asyncio.Future]] = {}  # conn id -> (when asked
 
 async def connection_options(kubeflow_conn_id: str) -> Any:
     """The connection as it reads now, give or take `OPTIONS_SECONDS`: the triggers that start together
-    share one lookup (and one in flight), a changed connection is seen within that time."""
+    share one lookup (and one in flight), a changed connection is seen within that time.
+
+    The lookup runs in the asking trigger's own task, never in a task of ours: Airflow's triggerer
+    answers a trigger's requests to its supervisor through that task's greenback portal, and a
+    lookup from another task blocked the event loop and then hung every trigger.
+    """
     from airflow_provider.hooks.kubeflow import KubeflowHook
 
     loop = asyncio.get_running_loop()
-    asked, future = _OPTIONS.get(kubeflow_conn_id, (0.0, None))
-    stale = time.monotonic() - asked > OPTIONS_SECONDS
-    if future is None or stale or future.get_loop() is not loop:
-        future = asyncio.ensure_future(KubeflowHook(kubeflow_conn_id).aoptions())
-        _OPTIONS[kubeflow_conn_id] = (time.monotonic(), future)
+    while True:
+        asked, future = _OPTIONS.get(kubeflow_conn_id, (0.0, None))
+        if future is None or time.monotonic() - asked > OPTIONS_SECONDS or future.get_loop() is not loop:
+            break
+        try:
+            return await asyncio.shield(future)
+        except _LookupAbandoned:  # the trigger that asked was cancelled: ask again
+            continue
+    future = loop.create_future()
+    _OPTIONS[kubeflow_conn_id] = (time.monotonic(), future)
     try:
-        return await asyncio.shield(future)
-    except Exception:
+        options = await KubeflowHook(kubeflow_conn_id).aoptions()
+    except BaseException as exc:
         if _OPTIONS.get(kubeflow_conn_id, (0.0, None))[1] is future:  # the next trigger asks again
             del _OPTIONS[kubeflow_conn_id]
+        future.set_exception(exc if isinstance(exc, Exception) else _LookupAbandoned())
+        future.exception()  # retrieved: nobody may be waiting
         raise
+    future.set_result(options)
+    return options
+
+
+class _LookupAbandoned(Exception):
+    """The trigger reading the connection for the others was cancelled before it had the answer."""
 
 
 async def shared_backend(kubeflow_conn_id: str) -> Any:
