@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import multiprocessing
 import random
-import resource
 import statistics
 import sys
 import tempfile
@@ -37,43 +36,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.cluster import cpu_seconds, default_specs, percentile, pytorch_job, serve_double  # noqa: E402
+
 POLL_SECONDS = 5.0
-
-
-def serve_double(conn: Any, specs_dir: str, run_seconds: float) -> None:
-    """The child: the double, answering the parent's questions until told to stop."""
-    from tests.k8s_double import KubeDouble
-
-    double = KubeDouble(Path(specs_dir)).start()
-    double.set_behaviour(tick=0.05, kfp_run_seconds=run_seconds, bookmark_interval=30.0)
-    conn.send({"url": double.url, "kfp_url": double.kfp_url, "kfp_token": double.kfp_token})
-    while True:
-        command = conn.recv()
-        if command == "requests":
-            conn.send(len(double.request_log))
-        elif command == "events":
-            conn.send({k: list(v) for k, v in double.events_at.items()})
-        else:
-            double.stop()
-            conn.send("stopped")
-            return
-
-
-def job(name: str, run_seconds: float) -> dict[str, Any]:
-    container = {"name": "pytorch", "image": "python:3.11-slim", "command": ["python", "train.py"]}
-    return {
-        "apiVersion": "kubeflow.org/v1",
-        "kind": "PyTorchJob",
-        "metadata": {
-            "name": name,
-            "annotations": {"double.kubeflow-tasks.dev/run-seconds": f"{run_seconds:.2f}"},
-        },
-        "spec": {
-            "pytorchReplicaSpecs": {
-                "Master": {"replicas": 1, "template": {"spec": {"containers": [container]}}}
-            }
-        },
-    }
 
 
 def pipeline_run(name: str) -> dict[str, Any]:
@@ -148,7 +113,7 @@ def phase(name: str, conn: Any, backend: Any, handles: list[Any], waiter: Any) -
     seen: dict[str, list[tuple[float, str]]] = {h.id: [] for h in handles}
     conn.send("requests")
     requests_before = conn.recv()
-    cpu_before = _cpu()
+    cpu_before = cpu_seconds()
     started = time.monotonic()
 
     async def main() -> None:
@@ -157,7 +122,7 @@ def phase(name: str, conn: Any, backend: Any, handles: list[Any], waiter: Any) -
 
     asyncio.run(main())
     elapsed = time.monotonic() - started
-    cpu = _cpu() - cpu_before
+    cpu = cpu_seconds() - cpu_before
     conn.send("requests")
     requests = conn.recv() - requests_before
     conn.send("events")
@@ -171,13 +136,8 @@ def phase(name: str, conn: Any, backend: Any, handles: list[Any], waiter: Any) -
         "cpu_seconds": cpu,
         "changes": len(lags),
         "p50": statistics.median(lags) if lags else float("nan"),
-        "p95": lags[int(0.95 * (len(lags) - 1))] if lags else float("nan"),
+        "p95": percentile(lags, 0.95),
     }
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -185,7 +145,7 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--min-seconds", type=float, default=10.0)
     parser.add_argument("--max-seconds", type=float, default=50.0)
-    parser.add_argument("--specs", default=str(REPO.parent / "shared" / "specs"))
+    parser.add_argument("--specs", default=default_specs())
     args = parser.parse_args()
 
     from shared.backends.kubernetes import KubernetesBackend
@@ -194,7 +154,9 @@ def main() -> None:
     ctx = multiprocessing.get_context("spawn")
     conn, child_conn = ctx.Pipe()
     mid = (args.min_seconds + args.max_seconds) / 2
-    child = ctx.Process(target=serve_double, args=(child_conn, args.specs, mid), daemon=True)
+    child = ctx.Process(
+        target=serve_double, args=(child_conn, args.specs), kwargs={"kfp_run_seconds": mid}, daemon=True
+    )
     child.start()
     urls = conn.recv()
     rows = []
@@ -211,7 +173,7 @@ def main() -> None:
         for name, waiter in (("watch hub", wait_shared), ("job polling (5 s)", wait_polling)):
             tag = "hub" if waiter is wait_shared else "poll"
             specs = [
-                load_spec(job(f"{tag}-{i}", random.uniform(args.min_seconds, args.max_seconds)))
+                load_spec(pytorch_job(f"{tag}-{i}", random.uniform(args.min_seconds, args.max_seconds)))
                 for i in range(args.objects)
             ]
             handles = submit_all(backend, specs, f"bench/{tag}")

@@ -10,9 +10,15 @@ pools, so it works against any server), CPU seconds and peak RSS of the process,
 job's state change to its trigger's event (p50/p95), and the stalls.
 
 Target: `--kubeconfig` points at any cluster with the training operator (the real stack: kwok runs
-the pods, `--run-seconds` is then ignored); without it, the wire-level double (tests/k8s_double)
-runs in another child process. With the double, the delay is measured from its own change times;
-on a real cluster from the job's `Succeeded` condition (lastTransitionTime, 1 s resolution).
+the pods for their annotated 30-120 s); without it, the wire-level double (tests/k8s_double) runs in
+another child process. With the double, the delay is measured from its own change times; on a real
+cluster from the moment a watch of the benchmark's own (in the parent process) first sees the job
+`Succeeded`, and also from the condition's lastTransitionTime (whole seconds, so up to 1 s more).
+On a real cluster the API server's own counters (`apiserver_request_total` for pytorchjobs) are
+reported next to the client's count, and each phase's jobs are deleted after it.
+
+The baseline trigger is bench/polling_trigger.py; bench/airflow_triggerer.py runs the same two
+triggers inside a real `airflow triggerer` process.
 
 Run: `.venv/bin/python bench/trigger_waits.py [--jobs 1000] [--kubeconfig PATH --namespace NS]`;
 record the printed table in bench/RESULTS-triggerer.md.
@@ -32,25 +38,27 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-POLL_SECONDS = 2.0
+from bench.cluster import (  # noqa: E402 - after the path
+    ApiserverRequests,
+    LoadSampler,
+    SucceededClock,
+    api_client,
+    condition_time,
+    cpu_seconds,
+    default_specs,
+    percentile,
+    pytorch_job,
+    serve_double,
+)
+
 STALL_SECONDS = 0.2  # Airflow's triggerer logs "Triggerer's async thread was blocked" past this
-
-
-def job(name: str, run_seconds: float) -> dict[str, Any]:
-    container = {"name": "pytorch", "image": "python:3.11-slim", "command": ["python", "train.py"]}
-    return {
-        "apiVersion": "kubeflow.org/v1",
-        "kind": "PyTorchJob",
-        "metadata": {"name": name, "annotations": {"double.kubeflow-tasks.dev/run-seconds": f"{run_seconds:.2f}"}},
-        "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": {"spec": {"containers": [container]}}}}},
-    }
+CONN_ID = "kubeflow_bench"
 
 
 def requests_made(backend: Any) -> int:
@@ -59,62 +67,60 @@ def requests_made(backend: Any) -> int:
     return sum(manager.pools[key].num_requests for key in manager.pools.keys())
 
 
-def polling_trigger_class() -> type:
-    from airflow.triggers.base import BaseTrigger, TriggerEvent
-
-    class PollingTrigger(BaseTrigger):
-        """The baseline: one GET per job every 2 s (the cncf-kubernetes pod trigger's way)."""
-
-        def __init__(self, handle: dict[str, Any], backend: Any, pool: ThreadPoolExecutor) -> None:
-            super().__init__()
-            self.handle, self.backend, self.pool = handle, backend, pool
-
-        def serialize(self) -> tuple[str, dict[str, Any]]:
-            return ("bench.PollingTrigger", {"handle": self.handle})
-
-        async def run(self):  # noqa: ANN201 - Airflow's signature
-            from shared.status import Handle
-
-            handle = Handle.from_dict(self.handle)
-            loop = asyncio.get_running_loop()
-            await asyncio.sleep(random.uniform(0, POLL_SECONDS))
-            while True:
-                status = await loop.run_in_executor(self.pool, self.backend.status, handle)
-                if status.terminal:
-                    yield TriggerEvent({"event": "success", "status": status.to_dict(), "handle": self.handle})
-                    return
-                await asyncio.sleep(POLL_SECONDS)
-
-    return PollingTrigger
-
-
-def run_phase(kind: str, kubeconfig: str, namespace: str, jobs: int, min_s: float, max_s: float, out: Any) -> None:
-    """One phase in this (child) process; sends its measurements through `out`."""
-    os.environ["AIRFLOW_CONN_KUBEFLOW_BENCH"] = json.dumps(
-        {"conn_type": "kubeflow", "extra": {"backend": "kubernetes", "kubeconfig_path": kubeconfig, "namespace": namespace}}
-    )
-    from airflow_provider.triggers.kubeflow import KubeflowRunTrigger, shared_backend
+def submit_all(kubeconfig: str, namespace: str, names: list[str], min_s: float, max_s: float) -> list[Any]:
+    """Submit one PyTorchJob per name (16 at a time); returns their handles."""
     from shared.backends.base import SubmitContext
     from shared.backends.kubernetes import KubernetesBackend
     from shared.specs import load_spec
 
     submitter = KubernetesBackend(kubeconfig=kubeconfig, namespace=namespace)
-    tag = f"{kind}-{int(time.time())}"
-    specs = [load_spec(job(f"bench-{tag}-{i}", random.uniform(min_s, max_s))) for i in range(jobs)]
+    specs = [load_spec(pytorch_job(name, random.uniform(min_s, max_s))) for name in names]
     with ThreadPoolExecutor(16) as pool:
-        handles = list(pool.map(lambda i: submitter.submit(specs[i], f"bench/{tag}/{i}", 1, SubmitContext()), range(jobs)))
+        return list(pool.map(lambda i: submitter.submit(specs[i], f"bench/{names[i]}", 1, SubmitContext()),
+                             range(len(names))))
+
+
+def delete_all(kubeconfig: str, handle_ids: list[str]) -> None:
+    """Delete the phase's jobs (their pods go with them), so the next phase meets an idle operator."""
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(api_client(kubeconfig))
+
+    def delete(handle_id: str) -> None:
+        namespace, plural, name = handle_id.split("/")
+        try:
+            api.delete_namespaced_custom_object("kubeflow.org", "v1", namespace, plural, name,
+                                                propagation_policy="Background")
+        except Exception:
+            pass
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(delete, handle_ids))
+
+
+def connection_env(kubeconfig: str, namespace: str) -> dict[str, str]:
+    return {f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(
+        {"conn_type": "kubeflow", "extra": {"backend": "kubernetes", "kubeconfig_path": kubeconfig, "namespace": namespace}}
+    )}
+
+
+def run_phase(kind: str, kubeconfig: str, namespace: str, jobs: int, min_s: float, max_s: float, out: Any) -> None:
+    """One phase in this (child) process; sends its measurements through `out`."""
+    os.environ.update(connection_env(kubeconfig, namespace))
+    from airflow_provider.triggers.kubeflow import KubeflowRunTrigger, shared_backend
+    from bench.polling_trigger import PollingTrigger
+
+    tag = f"{kind}-{int(time.time())}"
+    handles = submit_all(kubeconfig, namespace, [f"bench-{tag}-{i}" for i in range(jobs)], min_s, max_s)
 
     async def main() -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        pool = ThreadPoolExecutor(64)
+        backend = await shared_backend(CONN_ID)
         if kind == "shared":
-            backend = await shared_backend("kubeflow_bench")
-            triggers = [KubeflowRunTrigger(handle=h.to_dict(), kubeflow_conn_id="kubeflow_bench") for h in handles]
+            triggers = [KubeflowRunTrigger(handle=h.to_dict(), kubeflow_conn_id=CONN_ID) for h in handles]
         else:
-            backend = KubernetesBackend(kubeconfig=kubeconfig, namespace=namespace)
-            await loop.run_in_executor(pool, backend.connect)
-            triggers = [polling_trigger_class()(h.to_dict(), backend, pool) for h in handles]
+            triggers = [PollingTrigger(h.to_dict(), CONN_ID) for h in handles]
         stalls: list[float] = []
+        stalled_at: list[float] = []  # seconds into the phase when each stall ended
         stop = asyncio.Event()
 
         async def heartbeat() -> None:
@@ -124,6 +130,7 @@ def run_phase(kind: str, kubeconfig: str, namespace: str, jobs: int, min_s: floa
                 now = time.monotonic()
                 if now - last - 0.05 > STALL_SECONDS:
                     stalls.append(now - last - 0.05)
+                    stalled_at.append(now - started)
                 last = now
 
         fired: dict[str, tuple[float, float]] = {}  # handle id -> (monotonic, wall clock) of the event
@@ -133,8 +140,9 @@ def run_phase(kind: str, kubeconfig: str, namespace: str, jobs: int, min_s: floa
                 fired[event.payload["handle"]["id"]] = (time.monotonic(), time.time())
                 return
 
+        started = time.monotonic()
         beat = asyncio.ensure_future(heartbeat())
-        before, cpu_before, started = requests_made(backend), _cpu(), time.monotonic()
+        before, cpu_before = requests_made(backend), cpu_seconds()
         await asyncio.gather(*(one(t) for t in triggers))
         elapsed = time.monotonic() - started
         stop.set()
@@ -142,10 +150,10 @@ def run_phase(kind: str, kubeconfig: str, namespace: str, jobs: int, min_s: floa
         return {
             "requests": requests_made(backend) - before,
             "seconds": elapsed,
-            "cpu": _cpu() - cpu_before,
+            "cpu": cpu_seconds() - cpu_before,
             "stalls": stalls,
+            "stalled_at": stalled_at,
             "fired": fired,
-            "succeeded_at": {h.id: _succeeded_at(submitter, h) for h in handles},
         }
 
     result = asyncio.run(main())
@@ -154,52 +162,24 @@ def run_phase(kind: str, kubeconfig: str, namespace: str, jobs: int, min_s: floa
     out.send(result)
 
 
-def _succeeded_at(backend: Any, handle: Any) -> float | None:
-    """Wall-clock time of the job's Succeeded condition (1 s resolution), while the object exists."""
-    try:
-        obj = backend.get_object(*handle.id.split("/"))
-    except Exception:
-        return None
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Succeeded" and cond.get("status") == "True":
-            return datetime.fromisoformat(cond["lastTransitionTime"].replace("Z", "+00:00")).timestamp()
-    return None
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def serve_double(conn: Any, specs_dir: str) -> None:
-    from tests.k8s_double import KubeDouble
-
-    double = KubeDouble(Path(specs_dir)).start()
-    double.set_behaviour(tick=0.05, bookmark_interval=30.0)
-    conn.send(double.url)
-    while True:
-        command = conn.recv()
-        if command == "events":
-            conn.send({k: list(v) for k, v in double.events_at.items()})
-        else:
-            double.stop()
-            conn.send("stopped")
-            return
-
-
-def delays(result: dict[str, Any], events: dict[str, Any] | None) -> list[float]:
+def delays(result: dict[str, Any], events: dict[str, Any] | None, clock: SucceededClock | None,
+           by_condition: bool = False) -> list[float]:
+    """Event time minus the job's Succeeded time: the double's own change time, the parent's watch
+    (`clock`), or the condition's lastTransitionTime (`by_condition`)."""
     out = []
     for handle_id in result["handles"]:
         fired = result["fired"].get(handle_id)
         if fired is None:
             continue
+        namespace, plural, name = handle_id.split("/")
         if events is not None:  # the double's own change times (system-wide monotonic clock)
-            namespace, plural, name = handle_id.split("/")
             done = [at for at, what in events.get(f"{plural}/{namespace}/{name}", []) if what == "Succeeded"]
             if done:
                 out.append(fired[0] - done[0])
-        elif result["succeeded_at"].get(handle_id) is not None:
-            out.append(fired[1] - result["succeeded_at"][handle_id])
+        elif clock is not None and name in clock.at:
+            at = condition_time(clock.condition_at[name]) if by_condition else clock.at[name]
+            if at is not None:
+                out.append(fired[1] - at)
     return sorted(out)
 
 
@@ -211,7 +191,7 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=30.0)
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument("--phases", default="shared,polling")
-    parser.add_argument("--specs", default=str(REPO.parent / "shared" / "specs"))
+    parser.add_argument("--specs", default=default_specs())
     args = parser.parse_args()
 
     ctx = multiprocessing.get_context("spawn")
@@ -221,7 +201,7 @@ def main() -> None:
         if kubeconfig is None:
             double_conn, child_conn = ctx.Pipe()
             ctx.Process(target=serve_double, args=(child_conn, args.specs), daemon=True).start()
-            url = double_conn.recv()
+            url = double_conn.recv()["url"]
             kubeconfig = str(Path(scratch, "kubeconfig"))
             Path(kubeconfig).write_text(
                 f"apiVersion: v1\nkind: Config\ncurrent-context: d\nclusters: [{{name: d, cluster: {{server: '{url}'}}}}]\n"
@@ -230,6 +210,12 @@ def main() -> None:
             )
         rows = []
         for kind in args.phases.split(","):
+            clock = server = None
+            if double_conn is None:
+                clock = SucceededClock(kubeconfig, args.namespace).start()
+                server = ApiserverRequests(kubeconfig)
+                server_before = server.counts()
+            load = LoadSampler()
             out, child_out = ctx.Pipe()
             proc = ctx.Process(
                 target=run_phase,
@@ -242,16 +228,26 @@ def main() -> None:
             if double_conn is not None:
                 double_conn.send("events")
                 events = double_conn.recv()
-            lags = delays(result, events)
-            rows.append({
-                "phase": {"shared": "KubeflowRunTrigger (shared watch)", "polling": f"polling trigger ({POLL_SECONDS:g} s)"}[kind],
-                "waits": args.jobs, "seconds": result["seconds"],
+            lags = delays(result, events, clock)
+            row = {
+                "phase": {"shared": "KubeflowRunTrigger (shared watch)", "polling": "polling trigger (2 s)"}[kind],
+                "waits": args.jobs, "fired": len(result["fired"]), "seconds": result["seconds"],
                 "rpm": result["requests"] / result["seconds"] * 60, "cpu": result["cpu"], "rss": result["rss_mb"],
-                "p50": statistics.median(lags) if lags else float("nan"),
-                "p95": lags[int(0.95 * (len(lags) - 1))] if lags else float("nan"),
-                "stalls": len(result["stalls"]), "worst": max(result["stalls"], default=0.0),
-            })
-            print(_row(rows[-1]), flush=True)
+                "p50": statistics.median(lags) if lags else float("nan"), "p95": percentile(lags, 0.95),
+                "stalls": len(result["stalls"]), "worst": max(result["stalls"], default=0.0), "load": load.stop(),
+            }
+            if clock is not None:
+                clock.stop()
+                by_condition = delays(result, None, clock, by_condition=True)
+                row["condition_p50_p95"] = f"{statistics.median(by_condition):.3f} / {percentile(by_condition, 0.95):.3f}"
+                verbs = ApiserverRequests.delta(server_before, server.counts())
+                reads = sum(n for verb, n in verbs.items() if verb in ("GET", "LIST", "WATCH"))
+                row["apiserver"] = f"{reads / result['seconds'] * 60:.0f} reads/min {verbs}"
+                delete_all(kubeconfig, result["handles"])
+            rows.append(row)
+            row["stalls_s_at_s"] = [f"{d:.2f}@{t:.0f}" for d, t in zip(result["stalls"], result["stalled_at"], strict=True)]
+            notes = ("fired", "load", "condition_p50_p95", "apiserver", "stalls_s_at_s")
+            print(_row(rows[-1]), json.dumps({k: row[k] for k in notes if k in row}), flush=True)
         if double_conn is not None:
             double_conn.send("stop")
             double_conn.recv()

@@ -5,7 +5,7 @@ so a restarted or another triggerer resumes it; credentials are read from the co
 runs. Every backend call is either async (`watch`) or sent to a thread, so the event loop is never
 blocked: building the backend (a kubeconfig whose exec plugin takes seconds) happens in a thread,
 once per connection, and all triggers of that connection in the process share it, so they share
-one API client and the core's watches. Cancels go to the core's bounded cancel pool. `cleanup`
+one API client and the core's watches, and one reading of the connection at a time. Cancels go to the core's bounded cancel pool. `cleanup`
 never cancels (it runs on triggerer restarts too); `on_kill` (Airflow 3.3+, a user marking the task
 failed/success or clearing it) cancels, best effort.
 """
@@ -13,6 +13,7 @@ failed/success or clearing it) cancels, best effort.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,14 +22,54 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider.connection import DEFAULT_CONN_ID
 
 ON_KILL_CANCEL_TIMEOUT = 20.0  # inside Airflow's [triggerer] on_kill_timeout (30 s)
+# How long a connection's reading serves the process's triggers. In a triggerer each reading is a
+# round trip to its supervisor, which answers between its database work: 1,000 triggers starting
+# together, each asking, got their first status minutes late (bench/RESULTS-triggerer.md).
+OPTIONS_SECONDS = 30.0
 _BACKENDS: dict[Any, asyncio.Future] = {}  # (conn id, options) -> the backend being built or built
+_OPTIONS: dict[str, tuple[float, asyncio.Future]] = {}  # conn id -> (when asked, its reading)
+
+
+async def connection_options(kubeflow_conn_id: str) -> Any:
+    """The connection as it reads now, give or take `OPTIONS_SECONDS`: the triggers that start together
+    share one lookup (and one in flight), a changed connection is seen within that time.
+
+    The lookup runs in the asking trigger's own task, never in a task of ours: Airflow's triggerer
+    answers a trigger's requests to its supervisor through that task's greenback portal, and a
+    lookup from another task blocked the event loop and then hung every trigger.
+    """
+    from airflow_provider.hooks.kubeflow import KubeflowHook
+
+    loop = asyncio.get_running_loop()
+    while True:
+        asked, future = _OPTIONS.get(kubeflow_conn_id, (0.0, None))
+        if future is None or time.monotonic() - asked > OPTIONS_SECONDS or future.get_loop() is not loop:
+            break
+        try:
+            return await asyncio.shield(future)
+        except _LookupAbandoned:  # the trigger that asked was cancelled: ask again
+            continue
+    future = loop.create_future()
+    _OPTIONS[kubeflow_conn_id] = (time.monotonic(), future)
+    try:
+        options = await KubeflowHook(kubeflow_conn_id).aoptions()
+    except BaseException as exc:
+        if _OPTIONS.get(kubeflow_conn_id, (0.0, None))[1] is future:  # the next trigger asks again
+            del _OPTIONS[kubeflow_conn_id]
+        future.set_exception(exc if isinstance(exc, Exception) else _LookupAbandoned())
+        future.exception()  # retrieved: nobody may be waiting
+        raise
+    future.set_result(options)
+    return options
+
+
+class _LookupAbandoned(Exception):
+    """The trigger reading the connection for the others was cancelled before it had the answer."""
 
 
 async def shared_backend(kubeflow_conn_id: str) -> Any:
     """The process's backend for this connection (as it reads now), built once, off the event loop."""
-    from airflow_provider.hooks.kubeflow import KubeflowHook
-
-    options = await KubeflowHook(kubeflow_conn_id).aoptions()
+    options = await connection_options(kubeflow_conn_id)
     key = (kubeflow_conn_id, options)  # a changed connection gets a backend of its own
     future = _BACKENDS.get(key)
     if future is None:
