@@ -117,8 +117,8 @@ def _submit_or_adopt(
     )
 
     labels = dict(labels or {})
-    # A backend answers with the newest work under the key; the local one whatever its kind, so
-    # work of another kind is refused below, never adopted (Kubernetes looks up the kind's resources).
+    # A backend answers with the newest work under the key, whatever its kind (both backends), so
+    # work of another kind is refused below, never adopted; `spec.kind` tells it which kind is ours.
     candidates = (_remembered(backend, known_id, key), backend.find(key, spec.kind, namespace=spec.namespace))
     existing = max((h for h in candidates if h is not None), key=lambda h: h.attempt, default=None)
     attempt = 1

@@ -333,15 +333,16 @@ class Controllers:
             self.store.update("pods", pod)
 
     def _after_finished(self, plural: str, obj: dict[str, Any], state: _JobState) -> None:
-        """runPolicy.ttlSecondsAfterFinished: the operator deletes a finished job (and its pods) that long
-        after it finished."""
+        """runPolicy.ttlSecondsAfterFinished: the operator deletes a finished job that long after it
+        finished (background propagation: the garbage collector removes the pods once the job is gone;
+        a finalizer keeps it, marked, until its owner removes it)."""
         ttl = (obj["spec"].get("runPolicy") or {}).get("ttlSecondsAfterFinished")
         if ttl is None:
             return
         finished = state.finished_at = state.finished_at or time.monotonic()
-        if time.monotonic() - finished >= ttl:
+        if time.monotonic() - finished >= ttl:  # the operator's plain delete: finalizers hold the object
             meta = obj["metadata"]
-            self.store.delete(plural, meta["namespace"], meta["name"])
+            self.store.request_delete(plural, meta["namespace"], meta["name"])
 
     def _kueue_admits(self, plural: str, obj: dict[str, Any]) -> bool:
         """Kueue: a suspended job with a queue-name label is admitted (spec.runPolicy.suspend set to false)

@@ -1,7 +1,10 @@
 """KFP runs on a KFP API server: the run body, get-or-create of experiments, and create-once.
 
-Runs have no labels, so a run is found again by its deterministic display name, and its key is
-kept in the description (so `get` and `list` can rebuild the handle). Creating a run or an
+Runs have no labels, so a run is found again by its deterministic display name, and what we need
+to know about it later is kept in its description (`describe`): the key on the first line (so `get`
+and `list` can rebuild the handle), then one `kubeflow-tasks <field>: <value>` line per field (a
+run's spec fingerprint, a recurring run's config digest). A run made before a field existed simply
+lacks its line. Creating a run or an
 experiment is not idempotent on the server: a create whose answer was lost may still have
 happened. So every create is tried once, and before each retry we look for what it may have made.
 """
@@ -20,6 +23,8 @@ from shared.retry import http_status, retrying
 from shared.specs.model import PipelineRunSpec
 
 DESCRIPTION_PREFIX = "kubeflow-tasks key: "
+FIELD_PREFIX = "kubeflow-tasks "
+FIELDS = ("fingerprint", "config")  # the field lines we write, in this order
 _COMPILED: dict[tuple[str, str], list[dict[str, Any]]] = {}
 _COMPILED_LOCK = threading.Lock()
 
@@ -32,9 +37,38 @@ def substring(key: str, value: str) -> str:
     return json.dumps({"predicates": [{"key": key, "operation": "IS_SUBSTRING", "string_value": value}]})
 
 
-def key_of(run: Mapping[str, Any]) -> str | None:
-    description = run.get("description") or ""
-    return description[len(DESCRIPTION_PREFIX) :] if description.startswith(DESCRIPTION_PREFIX) else None
+def describe(key: str, **fields: str) -> str:
+    """The description of a run or recurring run of ours: the key, then one line per field."""
+    lines = [f"{DESCRIPTION_PREFIX}{key}"]
+    lines += [f"{FIELD_PREFIX}{name}: {fields[name]}" for name in FIELDS if fields.get(name)]
+    return "\n".join(lines)
+
+
+def _read_description(obj: Mapping[str, Any]) -> tuple[str | None, dict[str, str]]:
+    """(key, fields) of a description `describe` wrote, or (None, {}). Field lines are read from the
+    end, so a key that itself holds a line break (an API caller's) still reads back whole."""
+    text = obj.get("description") or ""
+    if not text.startswith(DESCRIPTION_PREFIX):
+        return None, {}
+    lines = text[len(DESCRIPTION_PREFIX) :].split("\n")
+    fields: dict[str, str] = {}
+    while len(lines) > 1:
+        name, sep, value = lines[-1].removeprefix(FIELD_PREFIX).partition(": ")
+        if not (lines[-1].startswith(FIELD_PREFIX) and sep and name in FIELDS) or name in fields:
+            break
+        fields[name] = value
+        lines.pop()
+    return "\n".join(lines), fields
+
+
+def key_of(obj: Mapping[str, Any]) -> str | None:
+    """The key a run or recurring run of ours was made for; None for anyone else's."""
+    return _read_description(obj)[0]
+
+
+def field_of(obj: Mapping[str, Any], name: str) -> str | None:
+    """A field line of our description (`fingerprint`, `config`), None when absent (an older run)."""
+    return _read_description(obj)[1].get(name)
 
 
 def create_once_then_find(create: Callable[[], Any], find: Callable[[], Any]) -> Any:
@@ -69,6 +103,7 @@ def run_body(
     key: str,
     env: Mapping[str, str],
     mlflow_plugin_experiment: str | None,
+    fingerprint: str | None = None,
     uploaded: tuple[Any, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The v2beta1 Run to create, with the pipeline spec inline (no pipeline upload to clean up),
@@ -78,7 +113,7 @@ def run_body(
     the experiment id, which may need a request."""
     from shared.specs.pipeline_ir import pipeline_arguments
 
-    body: dict[str, Any] = {"display_name": display_name, "description": f"{DESCRIPTION_PREFIX}{key}"}
+    body: dict[str, Any] = {"display_name": display_name, "description": describe(key, fingerprint=fingerprint or "")}
     if uploaded is not None:
         version, pipeline = uploaded
         body["pipeline_version_reference"] = {

@@ -28,9 +28,11 @@ import yaml
 from shared.backends.kubernetes import naming
 from shared.backends.kubernetes.access import Kfp
 from shared.backends.kubernetes.pipelines import (
-    DESCRIPTION_PREFIX,
     create_once_then_find,
+    describe,
     equals,
+    field_of,
+    key_of,
     pipeline_docs,
 )
 from shared.errors import SpecError
@@ -38,7 +40,6 @@ from shared.keys import key_digest
 from shared.retry import http_status
 from shared.specs.model import PipelineRunSpec
 
-CONFIG_PREFIX = "kubeflow-tasks config: "
 MAX_CONCURRENCY = (1, 10)  # the API's range
 
 
@@ -180,15 +181,11 @@ def _config_digest(version: PipelineVersion, spec: PipelineRunSpec, schedule: Sc
 
 
 def _ours(recurring: Mapping[str, Any], key: str) -> bool:
-    lines = (recurring.get("description") or "").splitlines()
-    return bool(lines) and lines[0] == f"{DESCRIPTION_PREFIX}{key}"
+    return key_of(recurring) == key
 
 
 def _digest_of(recurring: Mapping[str, Any]) -> str | None:
-    for line in (recurring.get("description") or "").splitlines():
-        if line.startswith(CONFIG_PREFIX):
-            return line[len(CONFIG_PREFIX) :]
-    return None
+    return field_of(recurring, "config")
 
 
 def find_recurring_runs(kfp: Kfp, spec_name: str, key: str, namespace: str | None) -> list[dict[str, Any]]:
@@ -266,7 +263,7 @@ def apply_recurring_run(
     display_name = recurring_display_name(spec.name, key)
     body: dict[str, Any] = {
         "display_name": display_name,
-        "description": f"{DESCRIPTION_PREFIX}{key}\n{CONFIG_PREFIX}{digest}",
+        "description": describe(key, config=digest),
         "pipeline_version_reference": {"pipeline_id": version.pipeline_id, "pipeline_version_id": version.version_id},
         "runtime_config": {"parameters": pipeline_arguments(pipeline, spec.parameters, env or {})},
         "trigger": {"cron_schedule": {"cron": schedule.cron}},

@@ -2,8 +2,9 @@
 
 Multi-user KFP (every full Kubeflow install with Profiles, detected from `healthz`) keeps runs in
 a profile namespace: listing needs it and a run must belong to an experiment of it, so every call
-names the namespace, and a missing one is bad input before anything is sent. Ids are `kfp/<run_id>`. Runs have no labels, so a run has the display name
-`<name>-<key hash>-<attempt>` and its key in the description (see `pipelines`).
+names the namespace, and a missing one is bad input before anything is sent. Ids are `kfp/<run_id>`.
+Runs have no labels, so a run has the display name `<name>-<key hash>-<attempt>` and its key and
+spec fingerprint in the description (see `pipelines.describe`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class PipelineRuns:
             key=key,
             env=context.env,
             mlflow_plugin_experiment=experiment_plugin,
+            fingerprint=context.fingerprint,
             uploaded=self.uploaded(spec, namespace),
         )
         # Multi-user KFP refuses a run outside an experiment of its namespace; kfp.Client falls back
@@ -98,6 +100,10 @@ class PipelineRuns:
     def get(self, handle_id: str, namespace: str | None) -> Handle:
         run = self.get_run(handle_id.removeprefix(KFP_PREFIX))
         return self.handle(run, pipelines.key_of(run) or "", namespace)
+
+    def fingerprint(self, handle: Handle) -> str | None:
+        """The spec fingerprint in the run's description; None for a run made before we stored it."""
+        return pipelines.field_of(self.get_run(handle.id.removeprefix(KFP_PREFIX)), "fingerprint")
 
     def list(self, namespace: str | None) -> list[Handle]:
         namespace = self.kfp.namespace_for(namespace)
