@@ -64,7 +64,7 @@ def test_a_run_by_name_runs_the_newest_version_by_reference_and_a_retry_adopts_i
         "pipeline_id": new["pipeline_id"], "pipeline_version_id": new["pipeline_version_id"]}
     assert "pipeline_spec" not in run  # the server's version runs, not a copy of it
     assert run["runtime_config"]["parameters"] == {"a": 1.0, "b": 2.5}  # typed by the version's inputs
-    assert run["description"] == "kubeflow-tasks key: nightly/1"
+    assert run["description"].splitlines()[0] == "kubeflow-tasks key: nightly/1"
 
     code, again, err = cli("--pipeline-name", "adder", "--param", "a=1", "--param", "b=2.5", "--key", "nightly/1")
     assert code == 0, err
