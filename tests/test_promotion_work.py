@@ -37,10 +37,15 @@ def evaluation_job(tmp_path: Path, *, with_model_uri: bool = True) -> Path:
     return path
 
 
+def model_of(tmp_path: Path) -> str:
+    """A registered model of the test's own: the MLflow server is shared by the whole session."""
+    return f"forecaster-{tmp_path.name}"
+
+
 def promote(tracking_uri: str, run_id: str, key: str, tmp_path: Path, *extra: str, hang: str = "", wait: bool = True):
     log = tmp_path / "judged.log"
     command = [
-        sys.executable, "-m", "shared.cli", "promote", "--model-name", "forecaster", "--run-id", run_id,
+        sys.executable, "-m", "shared.cli", "promote", "--model-name", model_of(tmp_path), "--run-id", run_id,
         "--evaluate-spec", str(evaluation_job(tmp_path)), "--evaluate-param", f"log={log}",
         "--evaluate-param", f"hang={hang}", "--key", key, "--mlflow-tracking-uri", tracking_uri, "--output", "json", *extra,
     ]
@@ -68,24 +73,25 @@ def test_each_model_is_judged_by_work_whose_mlflow_run_holds_the_metric(tmp_path
 
     client = MlflowClient(mlflow_server)
     first = training_run(client, tmp_path, 0.8)
-    code, result, err = promote(mlflow_server, first, "night/1", tmp_path)
+    model, night = model_of(tmp_path), f"{tmp_path.name}/night"
+    code, result, err = promote(mlflow_server, first, f"{night}/1", tmp_path)
     assert code == 0, err
     assert (result["decision"], result["model_version"], result["value"], result["baseline_value"]) == ("promoted", "1", 0.8, 1.0)
-    judged = evaluation_runs(client, "night/1")
+    judged = evaluation_runs(client, f"{night}/1")
     assert set(judged) == {"challenger", "baseline"}  # no champion yet
     assert judged["challenger"].data.metrics["rmse"] == 0.8
     assert judged["challenger"].data.tags["kubeflow_tasks.upstream_run_id"] == first  # lineage: the training run
     assert {r.info.status for r in judged.values()} == {"FINISHED"}
 
     worse = training_run(client, tmp_path, 0.9)
-    code, result, err = promote(mlflow_server, worse, "night/2", tmp_path)
+    code, result, err = promote(mlflow_server, worse, f"{night}/2", tmp_path)
     assert code == 0, err
     assert (result["decision"], result["champion_value"], result["champion_version"]) == ("rejected", 0.8, "1")
-    assert set(evaluation_runs(client, "night/2")) == {"challenger", "champion-v1", "baseline"}
-    v2 = client.get_model_version("forecaster", "2")
+    assert set(evaluation_runs(client, f"{night}/2")) == {"challenger", "champion-v1", "baseline"}
+    v2 = client.get_model_version(model, "2")
     assert v2.tags["kubeflow_tasks.decision"] == "rejected" and v2.tags["kubeflow_tasks.value"] == "0.9"
     log = (tmp_path / "judged.log").read_text().splitlines()
-    assert log == ["models:/forecaster/1", "naive", "models:/forecaster/2", "models:/forecaster/1", "naive"]
+    assert log == [f"models:/{model}/1", "naive", f"models:/{model}/2", f"models:/{model}/1", "naive"]
 
 
 def test_a_promotion_killed_during_its_evaluation_adopts_that_work_on_retry(tmp_path, mlflow_server, state_dir):
@@ -94,20 +100,21 @@ def test_a_promotion_killed_during_its_evaluation_adopts_that_work_on_retry(tmp_
     client = MlflowClient(mlflow_server)
     run_id = training_run(client, tmp_path, 0.7)
     log = tmp_path / "judged.log"
-    first_try = promote(mlflow_server, run_id, "night/kill", tmp_path, hang="forecaster/1", wait=False)
+    model, key = model_of(tmp_path), f"{tmp_path.name}/kill"
+    first_try = promote(mlflow_server, run_id, key, tmp_path, hang=f"{model}/1", wait=False)
     wait_until(lambda: Path(f"{log}.hang").exists(), timeout=180, what="the challenger's evaluation to start")
     os.killpg(first_try.pid, signal.SIGKILL)  # no chance to cancel anything: the evaluation keeps running
     first_try.wait(30)
 
-    retry = promote(mlflow_server, run_id, "night/kill", tmp_path, hang="forecaster/1", wait=False)
+    retry = promote(mlflow_server, run_id, key, tmp_path, hang=f"{model}/1", wait=False)
     wait_until(lambda: "challenger: adopted the evaluation" in _stderr_so_far(retry, tmp_path), timeout=120, what="the retry to adopt the evaluation")
     Path(f"{log}.release").write_text("")
     out, err = retry.communicate(timeout=300)
     assert retry.returncode == 0, err
     result = json.loads(out)
     assert result["decision"] == "promoted" and result["registered_before"] and not result["decided_before"]
-    assert log.read_text().splitlines().count("models:/forecaster/1") == 1  # one evaluation of the challenger
-    assert len(versions(client, "forecaster")) == 1
+    assert log.read_text().splitlines().count(f"models:/{model}/1") == 1  # one evaluation of the challenger
+    assert len(versions(client, model)) == 1
 
 
 def _stderr_so_far(proc: subprocess.Popen, tmp_path: Path) -> str:
