@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,10 +237,6 @@ class Deployment:
             return state if state in ("success", "failed") else None
 
         return wait_until(finished, timeout, f"DAG run {dag_id}/{run_id} to finish", interval=0.5)
-
-    def workers(self) -> list[psutil.Process]:
-        """The processes under the scheduler (its LocalExecutor workers and the task processes)."""
-        return psutil.Process(self.scheduler.pid).children(recursive=True)
 
 
 @contextmanager

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import json
-import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,16 +279,14 @@ def test_retry_adopts_the_work_of_a_try_whose_worker_died_or_shut_down(deployed:
     for task_id in ("adopter", "survivor"):
         (handles[task_id], status), = local_runs(env, task_id)
         assert not status.terminal
-    # The tasks' own processes: the task runner titles them `airflow worker -- <ti id>` (the executor's
-    # workers, which host the supervisors, are titled `airflow worker -- LocalExecutor: ...`).
-    title = re.compile(r"airflow worker -- ([0-9a-f-]{36})")
-    rows = env.query("SELECT id, task_id FROM task_instance WHERE dag_id = 'kft_retry'")
-    ti_ids = {str(ti_id).replace("-", ""): task_id for ti_id, task_id in rows}  # SQLite keeps bare hex
+    # The tasks' own processes: the parents of the local runs' supervisors, which the operator
+    # starts from the task process, titled `airflow worker -- <ti id>` (setproctitle may overwrite
+    # the process's environment with the title, and psutil may split it on spaces).
     workers = {}
-    for proc in airflow.workers():
-        found = title.fullmatch((proc.cmdline() or [""])[0])
-        if found and found.group(1).replace("-", "") in ti_ids:
-            workers[ti_ids[found.group(1).replace("-", "")]] = proc
+    for task_id, handle in handles.items():
+        supervisor = int((env.state_dir / "runs" / handle.id / "supervisor.pid").read_text())
+        workers[task_id] = psutil.Process(supervisor).parent()
+        assert " ".join(workers[task_id].cmdline()).startswith("airflow worker -- "), workers[task_id]
     workers["adopter"].kill()  # SIGKILL: no on_kill, nothing cancelled; Airflow fails the try and retries
     workers["survivor"].terminate()  # SIGTERM while the server has it running: a worker shutting down
     airflow.wait_for_run("kft_retry", run_id)
