@@ -9,9 +9,9 @@ model_name, value, reason. The arguments are checked when the task is defined; t
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dolphinscheduler_tasks.script import ScriptWriter, key_template
@@ -41,7 +41,9 @@ class ModelPromotion(_OfflineCodes, Shell):
     """Register the training run's model in MLflow and move `champion` only if it wins.
 
     `evaluate`: the evaluation command (a string or argv) with `{model_uri}` in it; it runs on the
-    worker and prints `<metric>=<value>`. `run_id`: the training run, usually "${mlflow_run_id}".
+    worker and prints `<metric>=<value>`. Or `evaluate_spec` (+ `evaluate_params`): a TrainingJob
+    or PipelineRun file taking `${params.model_uri}`, run as work once per model on `backend` (with
+    the cluster options of the other task types); it logs the metric to the MLflow run handed to it. `run_id`: the training run, usually "${mlflow_run_id}".
     `working_dir`: where the evaluation runs (made absolute here, like a task's spec path; default:
     the task's own directory on the worker). `mlflow_tracking_uri`: the registry (default: the
     worker's $MLFLOW_TRACKING_URI).
@@ -53,7 +55,7 @@ class ModelPromotion(_OfflineCodes, Shell):
         *,
         model_name: str,
         run_id: str,
-        evaluate: str | Sequence[str],
+        evaluate: str | Sequence[str] | None = None,
         metric: str = "rmse",
         greater_is_better: bool = False,
         margin: float | str = 0.0,
@@ -62,6 +64,14 @@ class ModelPromotion(_OfflineCodes, Shell):
         alias: str = "champion",
         working_dir: str | os.PathLike[str] | None = None,
         mlflow_tracking_uri: str | None = None,
+        evaluate_spec: str | os.PathLike[str] | None = None,
+        evaluate_params: Mapping[str, Any] | None = None,
+        backend: str = "local",
+        namespace: str | None = None,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        kfp_host: str | None = None,
+        kfp_token_file: str | None = None,
         cli: str = "kubeflow-tasks",
         **kwargs: Any,
     ):
@@ -69,7 +79,14 @@ class ModelPromotion(_OfflineCodes, Shell):
 
         from pydolphinscheduler.core.parameter import ParameterType
 
-        checked = promotion_spec(  # a stand-in run id when it is a DolphinScheduler reference
+        from dolphinscheduler_tasks.script import RunOptions
+        from shared.cli_promote import promote_arguments
+        from shared.params import texts
+
+        folder = os.path.abspath(os.fspath(working_dir)) if working_dir else None
+        values = texts(evaluate_params)
+        # DolphinScheduler references are only known on the worker: stand-ins check the rest now.
+        checked = promotion_spec(
             model_name=model_name,
             source_run_id="stand-in" if "${" in run_id else run_id,
             evaluate=evaluate,
@@ -79,23 +96,21 @@ class ModelPromotion(_OfflineCodes, Shell):
             baseline=baseline,
             artifact_path=artifact_path,
             alias=alias,
+            evaluate_spec=os.fspath(evaluate_spec) if evaluate_spec is not None else None,
+            evaluate_params={k: ("1" if "${" in v else v) for k, v in values.items()} if values else None,
+            working_dir=folder,
         )
         if mlflow_tracking_uri and urlsplit(mlflow_tracking_uri).password:
             raise SpecError("mlflow_tracking_uri", "holds a password; configure credentials on the worker instead")
-        arguments = [
-            ("--model-name", checked.model_name),
-            ("--run-id", run_id),
-            ("--evaluate", shlex.join(checked.evaluate)),
-            ("--metric", checked.metric),
-            ("--margin", repr(checked.margin)),
-            ("--baseline", checked.baseline),
-            ("--artifact-path", checked.artifact_path),
-            ("--alias", checked.alias),
-        ]
+        if values:  # the values as given, references and all
+            checked = dataclasses.replace(checked, evaluate_params=values)
+        arguments, switches = promote_arguments(checked, run_id)
         if mlflow_tracking_uri:
             arguments.append(("--mlflow-tracking-uri", mlflow_tracking_uri))
-        switches = ["--greater-is-better"] if checked.greater_is_better else []
-        folder = os.path.abspath(os.fspath(working_dir)) if working_dir else None
+        if checked.evaluate_spec:  # where the evaluation runs
+            cluster = RunOptions(backend=backend, namespace=namespace, kubeconfig=kubeconfig, context=context,
+                                 kfp_host=kfp_host, kfp_token_file=kfp_token_file)
+            arguments += cluster.flags()
         title = f"kubeflow-tasks promote: DolphinScheduler task {name}"
         script = promote_script(title, arguments, switches, cli, folder)
         outputs = {n: ParameterType.VARCHAR("") for n in OUT_PARAMETERS}

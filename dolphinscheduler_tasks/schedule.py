@@ -50,16 +50,10 @@ class KubeflowRecurringRun(_OfflineCodes, Shell):
         cli: str = "kubeflow-tasks",
         **kwargs: Any,
     ):
-        from shared.backends.kubernetes.recurring import check_concurrency, kfp_cron
+        from shared.backends.kubernetes.recurring import schedule_of
         from shared.specs import load_spec
 
-        if disable and delete:
-            raise SpecError("disable", "give disable or delete, not both")
-        if not delete and not cron:
-            raise SpecError("cron", "required (or delete=True)")
-        if cron:
-            kfp_cron(cron, "cron")
-        check_concurrency(max_concurrency)
+        schedule_of(cron, max_concurrency, no_catchup, disable, delete)  # the CLI's checks, now, naming our fields
         values = {str(k): _text(v) for k, v in (params or {}).items()}
         stand_in = {k: ("1" if "${" in v else v) for k, v in values.items()}
         load_spec(spec, kind="pipeline", params=stand_in)

@@ -154,9 +154,31 @@ class KubeflowTask(_OfflineCodes, Shell):
 
 
 class KubeflowPipeline(KubeflowTask):
-    """A Kubeflow Pipelines run: a PipelineRun document or a compiled pipeline YAML."""
+    """A Kubeflow Pipelines run: a PipelineRun document or a compiled pipeline YAML; or, instead of
+    `spec`, `pipeline_name` a pipeline uploaded to KFP and optionally `pipeline_version` one of its
+    versions (default: the newest), as `kfp run submit --pipeline-name` (Kubernetes backend)."""
 
     kind = Kind.PIPELINE
+
+    def __init__(
+        self,
+        name: str,
+        spec: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        *,
+        pipeline_name: str | None = None,
+        pipeline_version: str | None = None,
+        **kwargs: Any,
+    ):
+        from shared.specs.builders import uploaded_pipeline_manifest
+
+        if (spec is None) == (pipeline_name is None):
+            raise SpecError("spec", "give spec or pipeline_name (a pipeline uploaded to KFP), one of them")
+        if pipeline_version is not None and pipeline_name is None:
+            raise SpecError("pipeline_version", "applies with pipeline_name")
+        if pipeline_name is not None:  # the PipelineRun document is embedded in the script like any mapping
+            spec = uploaded_pipeline_manifest(pipeline_name, version=pipeline_version)
+        super().__init__(name, spec, params, **kwargs)
 
 
 class KatibExperiment(KubeflowTask):

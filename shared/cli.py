@@ -63,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("kind", choices=[k.value for k in Kind])
     run.add_argument(
         "--spec",
-        required=True,
         help="YAML/JSON file: a manifest (PyTorchJob, TFJob, Experiment) or a PipelineRun",
     )
+    run.add_argument("--pipeline-name", help="pipeline: run this pipeline uploaded to KFP instead of --spec "
+                     "(kubernetes backend; as `kfp run submit --pipeline-name`)")
+    run.add_argument("--pipeline-version", help="with --pipeline-name: the version to run (default: the newest)")
     run.add_argument(
         "--param",
         action="append",
@@ -215,7 +217,6 @@ def resolve_target(backend, args: argparse.Namespace) -> Handle:
 def cmd_run(args: argparse.Namespace) -> int:
     from shared.durations import parse_duration
     from shared.keys import new_key
-    from shared.specs import load_spec
 
     params = parse_params(args.param)
     key = parse_key(args.key)
@@ -229,9 +230,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.mlflow_credentials_secret and args.backend != "kubernetes":
         raise SpecError("--mlflow-credentials-secret", "only applies with --backend kubernetes")
     args.startup_timeout = parse_duration(args.startup_timeout, "--startup-timeout") if args.startup_timeout else None
-    spec = load_spec(args.spec, kind=args.kind, params=params)
+    spec = _run_spec(args, params)
     backend = backend_from(args)
-    return asyncio.run(_run(args, backend, spec, key or new_key(), timeout))
+    try:
+        return asyncio.run(_run(args, backend, spec, key or new_key(), timeout))
+    except SpecError as exc:  # the backend's look-up of the uploaded pipeline names the document's field
+        if args.pipeline_name is not None and exc.path in _FLAG_OF_FIELD:
+            raise SpecError(_FLAG_OF_FIELD[exc.path], exc.detail) from None
+        raise
+
+
+# A run of an uploaded pipeline given by flags: its document's fields are these flags to the user.
+_FLAG_OF_FIELD = {"spec.pipelineName": "--pipeline-name", "spec.pipelineVersion": "--pipeline-version"}
+
+
+def _run_spec(args: argparse.Namespace, params: dict[str, str]):
+    """The spec of `run`: the --spec file, or the uploaded pipeline --pipeline-name names."""
+    from shared.specs import load_spec
+    from shared.specs.builders import uploaded_pipeline_run
+
+    if args.pipeline_name is None:
+        if args.pipeline_version is not None:
+            raise SpecError("--pipeline-version", "applies with --pipeline-name")
+        if args.spec is None:
+            raise SpecError("--spec", "required (or, for a pipeline uploaded to KFP, --pipeline-name)")
+        return load_spec(args.spec, kind=args.kind, params=params)
+    if args.kind != Kind.PIPELINE.value:
+        raise SpecError("--pipeline-name", f"runs a KFP pipeline: use `run pipeline`, not `run {args.kind}`")
+    if args.spec is not None:
+        raise SpecError("--pipeline-name", "give --spec or --pipeline-name, not both (a PipelineRun document "
+                        "names an uploaded pipeline with spec.pipelineName)")
+    try:
+        return uploaded_pipeline_run(args.pipeline_name, version=args.pipeline_version, parameters=params)
+    except SpecError as exc:
+        raise SpecError(_FLAG_OF_FIELD.get(exc.path, exc.path), exc.detail) from None
 
 
 async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float | None) -> int:

@@ -39,20 +39,14 @@ def add_parser(sub: Any) -> None:
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     # Everything the user typed is checked before anything is contacted.
-    from shared.backends.kubernetes.recurring import (
-        Schedule,
-        apply_recurring_run,
-        check_concurrency,
-        kfp_cron,
-    )
+    from shared.backends.kubernetes.recurring import apply_recurring_run, schedule_of
     from shared.cli import EXIT_OK, backend_from, parse_params, say
     from shared.errors import SpecError
     from shared.specs import load_spec
 
-    if not args.delete and not args.cron:
-        raise SpecError("--cron", "required (or --delete)")
-    cron = kfp_cron(args.cron) if args.cron else None
-    concurrency = check_concurrency(args.max_concurrency)
+    schedule = schedule_of(
+        args.cron, args.max_concurrency, args.no_catchup, args.disable, args.delete, flags=True
+    )
     spec = load_spec(args.spec, kind="pipeline", params=parse_params(args.param))
     if args.backend == "local":
         raise SpecError(
@@ -62,8 +56,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         )
     backend = backend_from(args)
     namespace = spec.namespace or backend.kfp.options.namespace
-    schedule = None if args.delete else Schedule(cron, concurrency, args.no_catchup, enabled=not args.disable)
-    experiment_id = backend.experiments.id_for(spec.experiment, namespace) if spec.experiment and schedule else None
+    experiment_id = backend.runs.experiments.id_for(spec.experiment, namespace) if spec.experiment and schedule else None
     applied = apply_recurring_run(
         backend.kfp,
         spec,

@@ -57,14 +57,40 @@ _CLIENT_DEFAULTS = {
 class _ClientDefaults:
     """Sets `_CLIENT_DEFAULTS` in os.environ while any of our MLflow calls runs, then removes them.
 
-    MLflow's client reads these settings only from the environment, each time it needs them. The
-    count lets calls from several threads overlap: the first sets, the last removes.
+    Why the environment, and not a setting of our own client: MLflow (checked in 3.17.2) has no
+    other way to set these for one client. `RestStore._call_endpoint` calls
+    `rest_utils.call_endpoint`, which passes no timeout, retries or backoff to `http_request`, so
+    `http_request` reads `MLFLOW_HTTP_REQUEST_TIMEOUT` / `_MAX_RETRIES` / `_BACKOFF_FACTOR` from
+    os.environ on every request (`_EnvironmentVariable.get`); `MlflowHostCreds` has no field for
+    them, `MlflowClient` takes none, and the request-session cache is keyed by those values.
+    Printing the run URL is decided in `TrackingServiceClient._log_url` (called by
+    `set_terminated`) from `MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT` alone. MLflow's answer to a
+    request for per-call timeouts (mlflow#5744) was these variables (mlflow#5745). The other routes
+    all lean on MLflow's private code: a tracking-store plugin whose RestStore subclass replaces
+    the private `_call_endpoint` with a copy of `call_endpoint`, the private `_DISABLE_429_RETRY`
+    context variable, or our own REST client in place of MLflow's.
+
+    So this is kept as narrow as it can be: only names the user has not set, only while one of our
+    calls runs (a count lets calls from several threads overlap: the first sets, the last
+    removes), and never handed to a child process (`environ()`). What remains: another thread of
+    this process reading the environment during our call sees them.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
         self._added: list[str] = []
+
+    def environ(self) -> dict[str, str]:
+        """A copy of os.environ without the defaults our calls have set: what a child inherits.
+
+        Why: a process started by another thread while one of our MLflow calls runs (a local run,
+        a replica, an evaluation script) would otherwise keep our 15 s timeout and silenced URL."""
+        with self._lock:
+            env = dict(os.environ)
+            for name in self._added:
+                env.pop(name, None)
+        return env
 
     @contextmanager
     def __call__(self) -> Iterator[None]:

@@ -20,7 +20,7 @@ from typing import Any
 from shared.backends.base import Backend, SubmitContext
 from shared.errors import DeadlineExceeded, KeyConflict, KubeflowTasksError
 from shared.retry import deadline_scope
-from shared.specs.model import Spec
+from shared.specs.model import ExperimentSpec, Spec
 from shared.status import Handle, State, Status
 
 CANCEL_TIMEOUT = 60.0  # how long a cancel may take to be confirmed, unless the backend says otherwise
@@ -117,8 +117,8 @@ def _submit_or_adopt(
     )
 
     labels = dict(labels or {})
-    # A backend answers with the newest work under the key; the local one whatever its kind, so
-    # work of another kind is refused below, never adopted (Kubernetes looks up the kind's resources).
+    # A backend answers with the newest work under the key, whatever its kind (both backends), so
+    # work of another kind is refused below, never adopted; `spec.kind` tells it which kind is ours.
     candidates = (_remembered(backend, known_id, key), backend.find(key, spec.kind, namespace=spec.namespace))
     existing = max((h for h in candidates if h is not None), key=lambda h: h.attempt, default=None)
     attempt = 1
@@ -380,14 +380,23 @@ async def _last_status(backend: Backend, handle: Handle) -> Status | None:
         return None
 
 
-def finish(submission: Submission, status: Status) -> None:
+def finish(submission: Submission, status: Status, spec: Spec | None = None) -> None:
     """End the MLflow run with the remote outcome and its outputs (no-op without MLflow).
 
     A status that is not terminal here comes from a cancel not confirmed in time: we stopped
-    waiting for the work, so the run ends KILLED with that reason, never left RUNNING."""
+    waiting for the work, so the run ends KILLED with that reason, never left RUNNING.
+
+    An experiment that ended on a cluster (given its `spec`: the plots need its search space) first
+    gets the HPO plots on its run, made from the trials' runs nested under it (`shared.hpo_plots`,
+    best effort). The local backend's supervisor, which runs the trials, logs them itself when the
+    experiment ends, whether anyone waits or not."""
     if submission.mlflow:
         from shared.mlflow_handoff import ParentRun, finish_parent_run
 
+        if isinstance(spec, ExperimentSpec) and status.terminal and submission.handle.backend != "local":
+            from shared.hpo_plots import log_hpo_plots
+
+            log_hpo_plots(submission.mlflow, spec)
         finish_parent_run(
             ParentRun.from_context(submission.mlflow),
             state=status.state if status.terminal else State.CANCELLED,
@@ -471,7 +480,7 @@ async def run_async(
         status = Status(status.state, status.raw_state, str(exc), status.outputs)
     if follower is not None:
         await asyncio.to_thread(follower.join, 5)
-    await asyncio.to_thread(finish, submission, status)
+    await asyncio.to_thread(finish, submission, status, spec)
     return Outcome(submission, status, timed_out=timed_out)
 
 

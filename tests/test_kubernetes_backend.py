@@ -263,11 +263,11 @@ def test_a_lost_create_answer_is_adopted_not_duplicated(k8s_double, tmp_path):
     backend = backend_for(k8s_double, tmp_path)
     k8s_double.faults.inject("reset-after", path_contains="/pytorchjobs")  # created, then the connection dies
     k8s_double.faults.inject("reset-after", path_contains="/runs")
-    job = backend.submit(job_spec(), "lost", 1, SubmitContext())
-    run = backend.submit(run_spec(), "lost", 1, SubmitContext())
+    job = backend.submit(job_spec(), "lost/job", 1, SubmitContext())
+    run = backend.submit(run_spec(), "lost/run", 1, SubmitContext())  # a key holds one kind of work
     assert [i[0] for i in k8s_double.faults.injected] == ["reset-after", "reset-after"]
     assert len(k8s_double.objects("pytorchjobs")) == 1 and len(k8s_double.runs()) == 1
-    assert backend.find("lost", job.kind) == job and backend.find("lost", run.kind) == run
+    assert backend.find("lost/job", job.kind) == job and backend.find("lost/run", run.kind) == run
 
 
 def test_many_waiters_share_one_watch_and_one_poller(k8s_double, tmp_path):

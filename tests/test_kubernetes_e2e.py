@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.backends.kubernetes import KubernetesBackend, naming
+from shared.backends.kubernetes import KubernetesBackend, naming, pipelines
 from shared.errors import DeadlineExceeded, SpecError
 from shared.operations import submit_or_adopt, wait_for
 from shared.specs import load_spec
@@ -131,7 +131,7 @@ def test_submissions_under_random_faults_each_end_with_exactly_one_object(k8s_do
 
     keys = {key for key, _, _ in results}
     runs = [r for r in double.runs() if r["display_name"].startswith("faulty-")]
-    assert sorted(r["description"].split(": ", 1)[1] for r in runs) == sorted(
+    assert sorted(pipelines.key_of(r) for r in runs) == sorted(
         k for k in keys if "/pipeline/" in k
     )
     for resource, plural in PLURALS.items():

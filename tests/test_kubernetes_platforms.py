@@ -299,6 +299,63 @@ def test_a_success_removed_by_ttl_stays_a_success(k8s_double, tmp_path):
     assert states.deleted_status(gone, cancelled=False, plural="pytorchjobs").state is State.SUCCEEDED
 
 
+def test_an_outcome_that_cannot_be_recorded_keeps_the_job_until_it_can(k8s_double, tmp_path):
+    double = k8s_double
+    backend = backend_for(double, tmp_path)
+    spec = load_spec(manifest(tmp_path, "unrecorded", run_policy={"ttlSecondsAfterFinished": 0}))
+    handle = submit_or_adopt(backend, spec, "ttl/unrecorded").handle  # nobody waits
+
+    def held() -> dict[str, Any] | None:
+        jobs = double.objects("pytorchjobs")
+        return jobs[0] if jobs and jobs[0]["metadata"].get("deletionTimestamp") else None
+
+    wait_until(held, timeout=20, what="the job to succeed and its TTL to delete it")
+    double.faults.inject("500", count=ATTEMPTS, path_contains="/configmaps")  # every try of the record's create
+
+    assert backend_for(double, tmp_path).status(handle).state is State.SUCCEEDED
+    assert held() and double.objects("configmaps") == []  # not recorded: the finalizer stays, the job readable
+
+    assert backend_for(double, tmp_path).status(handle).state is State.SUCCEEDED  # the next look records it
+    wait_until(lambda: double.objects("pytorchjobs") == [], timeout=10, what="the TTL deletion to finish")
+    (record,) = double.objects("configmaps")
+    assert json.loads(record["data"]["status"])["state"] == "SUCCEEDED"
+    again = submit_or_adopt(backend_for(double, tmp_path), spec, "ttl/unrecorded")
+    assert (again.adopted, again.handle.id) == (True, handle.id)
+
+
+def test_outcome_records_past_their_retention_are_pruned_and_nothing_else(k8s_double, tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from kubernetes import client, config
+
+    double = k8s_double
+    core = client.CoreV1Api(config.new_client_from_config(str(double.write_kubeconfig(tmp_path / "kc"))))
+    namespace = "team-prune"  # pruned at most hourly per namespace: one no other test wrote to
+
+    def config_map(name: str, age: timedelta, labelled: bool = True) -> None:
+        labels = {"kubeflow-tasks.dev/outcome": "true"} if labelled else {}
+        at = (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H:%M:%SZ")
+        core.create_namespaced_config_map(namespace, {"apiVersion": "v1", "kind": "ConfigMap",
+                                                      "metadata": {"name": name, "labels": labels},
+                                                      "data": {"recorded-at": at}})
+
+    config_map("kubeflow-tasks-outcome-pytorchjobs-old-1", timedelta(days=8))
+    config_map("kubeflow-tasks-outcome-pytorchjobs-young-1", timedelta(days=6))
+    config_map("someone-elses", timedelta(days=30))  # labelled like ours, but not one of our records
+    config_map("kubeflow-tasks-outcome-unlabelled", timedelta(days=30), labelled=False)
+    spec = load_spec(manifest(tmp_path, "pruning", run_policy={"ttlSecondsAfterFinished": 60}))
+
+    outcome = asyncio.run(run_async(backend_for(double, tmp_path, namespace=namespace), spec, "ttl/prune", timeout=60))
+
+    assert outcome.status.state is State.SUCCEEDED
+    assert sorted(c["metadata"]["name"] for c in double.objects("configmaps", namespace)) == sorted([
+        "kubeflow-tasks-outcome-pytorchjobs-young-1",
+        "kubeflow-tasks-outcome-unlabelled",
+        f"kubeflow-tasks-outcome-pytorchjobs-{outcome.submission.handle.name}",
+        "someone-elses",
+    ])
+
+
 def test_find_looks_in_the_namespace_the_manifest_names(k8s_double, tmp_path):
     double = k8s_double
     doc = yaml.safe_load(manifest(tmp_path, "elsewhere").read_text())

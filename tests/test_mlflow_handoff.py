@@ -331,3 +331,56 @@ def test_open_parent_run_raises_when_mlflow_is_down(monkeypatch: pytest.MonkeyPa
     )
     assert "s3cret-pass" not in message
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_child_started_while_our_mlflow_call_runs_inherits_none_of_our_client_defaults() -> None:
+    """MLflow reads its timeout, retries and URL printing only from os.environ, so our defaults are
+    there while our call runs (see `shared.mlflow_client._ClientDefaults`); a process that another
+    thread starts meanwhile (a local run's supervisor, a replica, an evaluation) must not keep them.
+    The MLflow server here holds its answer until released: a fault, so the call is surely in flight."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from shared.backends.local import procs
+    from shared.mlflow_client import _CLIENT_DEFAULTS, best_effort
+
+    arrived, release = threading.Event(), threading.Event()
+
+    class Held(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            arrived.set()
+            release.wait(30)
+            body = json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "held"}).encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Held)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    call = threading.Thread(target=best_effort, args=(uri, "read an experiment", lambda c: c.get_experiment_by_name("x")))
+    call.start()
+    try:
+        assert arrived.wait(30), "our MLflow call never reached the server"
+        assert os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") == "15"  # the window is open (the documented limit)
+        printed = subprocess.run(
+            [sys.executable, "-c", "import os, json; print(json.dumps(dict(os.environ)))"],
+            env=procs.child_env({}), capture_output=True, text=True, check=True, timeout=60,
+        )
+    finally:
+        release.set()
+        call.join(30)
+        server.shutdown()
+        server.server_close()
+    child = json.loads(printed.stdout)
+    assert [name for name in _CLIENT_DEFAULTS if name in child] == []
+    assert "PATH" in child  # the rest of our environment is still handed on
+    assert not any(name in os.environ for name in _CLIENT_DEFAULTS)  # and ours is clean again

@@ -7,13 +7,12 @@ The CLI runs as a real subprocess with the real kfp_server_api client against th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.k8s_double.fixture import double_cli
 
 REPO = Path(__file__).resolve().parents[1]
 ADD = REPO / "tests" / "data" / "specs" / "pipelines" / "add.yaml"
@@ -32,20 +31,7 @@ def run_spec(tmp_path: Path, name: str = "adder", parameters: dict | None = None
 
 @pytest.fixture
 def schedule(k8s_double, tmp_path):
-    kubeconfig = k8s_double.write_kubeconfig(tmp_path / "kubeconfig")
-    token = tmp_path / "kfp-token"
-    token.write_text(k8s_double.kfp_token)
-
-    def run(*args: str, backend: str = "kubernetes") -> tuple[int, dict, str]:
-        cluster = ["--kubeconfig", str(kubeconfig), "--kfp-host", k8s_double.kfp_url, "--kfp-token-file", str(token)]
-        proc = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "schedule", "pipeline", *args, "--backend", backend,
-             *(cluster if backend == "kubernetes" else []), "--output", "json"],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}, proc.stderr
-
-    return run
+    return double_cli(k8s_double, tmp_path, "schedule", "pipeline")
 
 
 def recurring(k8s_double) -> list[dict]:
@@ -146,3 +132,54 @@ def test_the_airflow_operator_applies_the_same_rules(k8s_double, tmp_path, monke
     assert len(recurring(k8s_double)) == 1
     with pytest.raises(SpecError, match=r"^cron: "):
         operator("0 25 * * *")  # when the DAG is parsed
+
+
+def test_a_document_naming_an_uploaded_pipeline_schedules_that_version_without_uploading(schedule, k8s_double, tmp_path):
+    code, first, err = schedule("--spec", str(run_spec(tmp_path)), "--cron", "0 2 * * *", "--key", "uploaded")
+    assert code == 0, err
+    versions = len(k8s_double.kfp.versions)
+    doc = tmp_path / "by-name.yaml"
+    doc.write_text(yaml.safe_dump({
+        "apiVersion": "kubeflow-tasks/v1", "kind": "PipelineRun", "metadata": {"name": "by-name", "namespace": NAMESPACE},
+        "spec": {"pipelineName": "adder", "pipelineVersion": first["pipeline_version"], "parameters": {"a": 7},
+                 "experiment": "nightly"},
+    }))
+    code, made, err = schedule("--spec", str(doc), "--cron", "0 3 * * *", "--key", "by-name")
+    assert code == 0, err
+    assert made["action"] == "created" and made["pipeline_version_id"] == first["pipeline_version_id"]
+    ours = k8s_double.kfp.recurring[made["recurring_run_id"]]
+    assert k8s_double.kfp.experiments[ours["experiment_id"]]["display_name"] == "nightly"  # the spec's experiment
+    assert len(k8s_double.kfp.versions) == versions  # nothing uploaded
+    ours = next(r for r in recurring(k8s_double) if r["recurring_run_id"] == made["recurring_run_id"])
+    assert ours["runtime_config"]["parameters"] == {"a": 7.0}
+    doc.write_text(doc.read_text().replace(first["pipeline_version"], "v-missing"))
+    code, _, err = schedule("--spec", str(doc), "--cron", "0 3 * * *", "--key", "by-name")
+    assert code == 2 and err.strip().startswith("kubeflow-tasks: error: spec.pipelineVersion: pipeline 'adder' has no version 'v-missing'")
+
+
+@pytest.mark.parametrize(
+    ("cli", "keywords", "field"),
+    [
+        (["--disable", "--delete"], {"disable": True, "delete": True}, "disable"),
+        ([], {}, "cron"),
+        (["--cron", "0 2 * * *", "--max-concurrency", "11"], {"cron": "0 2 * * *", "max_concurrency": 11}, "max_concurrency"),
+    ],
+)
+def test_the_cli_the_operator_and_the_task_check_a_schedule_by_the_same_rule(schedule, k8s_double, tmp_path, cli, keywords, field):
+    from airflow_provider.operators.recurring import KubeflowRecurringRunOperator
+    from dolphinscheduler_tasks import KubeflowRecurringRun, offline
+    from shared.errors import SpecError
+
+    spec = str(run_spec(tmp_path))
+    message = None
+    if field != "disable":  # (the CLI's argparse refuses --disable with --delete first, in its own words)
+        code, _, err = schedule("--spec", spec, "--key", "k", *cli)
+        flag = "--" + field.replace("_", "-")
+        assert code == 2 and err.startswith(f"kubeflow-tasks: error: {flag}:") and len(err.splitlines()) == 1
+        message = err.split(f"{flag}: ", 1)[1].strip().replace("--", "")
+    with pytest.raises(SpecError) as operator:
+        KubeflowRecurringRunOperator(task_id="s", spec=spec, **keywords)
+    with pytest.raises(SpecError) as task, offline():
+        KubeflowRecurringRun(name="s", spec=spec, **keywords)
+    for raised in (operator.value, task.value):
+        assert raised.path == field and (message is None or raised.detail == message)

@@ -210,7 +210,7 @@ class KubeflowBaseOperator(BaseOperator):
             status = self._submitted(context, options, submission)
             if not status.terminal:
                 self._defer(context, submission)
-            finish(submission, status)
+            finish(submission, status, spec)
             return self._complete(context, submission.handle, status)
 
         outcome = asyncio.run(self._run_sync(context, options, spec, key, common, run_async))
@@ -371,8 +371,19 @@ class KubeflowBaseOperator(BaseOperator):
         else:
             status = Status.from_dict(event["status"])
         self._log_status(status)
-        finish(self._submission, status)
+        finish(self._submission, status, self._spec_for_plots())
         return self._complete(context, handle, status)
+
+    def _spec_for_plots(self) -> Spec | None:
+        """After a deferral the spec is gone: an experiment's HPO plots need its search space, so it is
+        resolved again; the work's outcome must not depend on that, so a failure only loses the plots."""
+        if self.kind is not Kind.EXPERIMENT:
+            return None
+        try:
+            return self._resolve_spec()
+        except Exception as exc:
+            self.log.warning("no HPO plots: the spec did not resolve again: %s", " ".join(str(exc).split())[:300])
+            return None
 
     def _print_log_tail(self, backend: Backend, handle: Handle) -> None:
         """The work's last log lines, for people; a log we cannot read (no `pods/log` RBAC, the pod

@@ -19,10 +19,29 @@ from shared.status import Handle, Kind
 
 class KubeflowPipelineRunOperator(KubeflowBaseOperator):
     """A Kubeflow Pipelines run: `spec=` a PipelineRun document, a compiled pipeline YAML, a
-    pipeline function or `package.module:function`; `params=` the pipeline's parameters."""
+    pipeline function or `package.module:function`; `params=` the pipeline's parameters.
+
+    Or, instead of `spec`, `pipeline_name=` a pipeline uploaded to KFP and optionally
+    `pipeline_version=` one of its versions (default: the newest), as `kfp run submit
+    --pipeline-name` (Kubernetes backend; both templated). The version is looked up, and the
+    parameters checked against it, before anything is submitted."""
 
     kind = Kind.PIPELINE
     operator_extra_links = (KubeflowPipelineRunLink(), MlflowRunLink())
+
+    def __init__(
+        self, *, spec: Any = None, pipeline_name: str | None = None, pipeline_version: str | None = None, **kwargs: Any
+    ) -> None:
+        from shared.errors import SpecError
+        from shared.specs.builders import uploaded_pipeline_manifest
+
+        if (spec is None) == (pipeline_name is None):
+            raise SpecError("spec", "give spec= or pipeline_name= (a pipeline uploaded to KFP), one of them")
+        if pipeline_version is not None and pipeline_name is None:
+            raise SpecError("pipeline_version", "applies with pipeline_name=")
+        if pipeline_name is not None:  # a PipelineRun document: `spec` is templated, so are these
+            spec = uploaded_pipeline_manifest(pipeline_name, version=pipeline_version)
+        super().__init__(spec=spec, **kwargs)
 
     def _link_values(self, options: ConnectionOptions, handle: Handle) -> dict[str, str | None]:
         return {XCOM_KFP_RUN_URL: handle.url}

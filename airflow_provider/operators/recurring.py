@@ -46,16 +46,12 @@ class KubeflowRecurringRunOperator(BaseOperator):
         kubeflow_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
-        from shared.backends.kubernetes.recurring import check_concurrency, kfp_cron
-        from shared.errors import SpecError
+        from shared.backends.kubernetes.recurring import schedule_of
 
         super().__init__(**kwargs)
-        if disable and delete:
-            raise SpecError("disable", "give disable or delete, not both")
-        if not delete and not cron:
-            raise SpecError("cron", "required (or delete=True)")
-        self.cron = kfp_cron(cron, "cron") if cron else None
-        self.max_concurrency = check_concurrency(max_concurrency)
+        self.schedule = schedule_of(cron, max_concurrency, no_catchup, disable, delete)  # checked at parse time
+        self.cron = self.schedule.cron if self.schedule else None
+        self.max_concurrency = max_concurrency
         self.spec = spec
         self.spec_params = dict(params or {})
         self.key = key
@@ -68,7 +64,7 @@ class KubeflowRecurringRunOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         import os
 
-        from shared.backends.kubernetes.recurring import Schedule, apply_recurring_run
+        from shared.backends.kubernetes.recurring import apply_recurring_run
         from shared.errors import SpecError
         from shared.specs import load_spec
 
@@ -82,8 +78,8 @@ class KubeflowRecurringRunOperator(BaseOperator):
             )
         backend = KubeflowHook.backend_for(options)
         namespace = spec.namespace or backend.kfp.options.namespace
-        schedule = None if self.delete else Schedule(self.cron, self.max_concurrency, self.no_catchup, not self.disable)
-        experiment_id = backend.experiments.id_for(spec.experiment, namespace) if spec.experiment and schedule else None
+        schedule = self.schedule
+        experiment_id = backend.runs.experiments.id_for(spec.experiment, namespace) if spec.experiment and schedule else None
         applied = apply_recurring_run(
             backend.kfp,
             spec,

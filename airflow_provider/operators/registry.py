@@ -12,7 +12,7 @@ rejected challenger.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, AssetAlias
@@ -45,11 +45,15 @@ class MlflowModelPromotionOperator(BaseOperator):
         `"{{ ti.xcom_pull(task_ids='train', key='mlflow_run_id') }}"`. Templated.
     :param evaluate: the evaluation command (a string split like a shell would, or argv), run once
         per model with `{model_uri}` filled in; it prints `<metric>=<value>`. Templated.
+    :param evaluate_spec: instead of `evaluate`, a TrainingJob or PipelineRun file (relative to the DAG
+        file) taking `${params.model_uri}`, run as work once per model on the connection's backend
+        under the key `<task key>/evaluate/<role>`, so a retry adopts it; it logs the metric to the
+        MLflow run handed to it. `evaluate_params`: its other parameters. Both templated.
     :param metric, greater_is_better, margin, baseline, artifact_path, alias: see `kubeflow-tasks promote`.
     :param kubeflow_conn_id: the connection whose MLflow tracking URI holds the registry.
     """
 
-    template_fields = ("run_id", "evaluate", "margin", "baseline")
+    template_fields = ("run_id", "evaluate", "margin", "baseline", "evaluate_spec", "evaluate_params")
     ui_color = "#e8f0d8"
 
     def __init__(
@@ -57,7 +61,7 @@ class MlflowModelPromotionOperator(BaseOperator):
         *,
         model_name: str,
         run_id: str,
-        evaluate: str | Sequence[str],
+        evaluate: str | Sequence[str] | None = None,
         metric: str = "rmse",
         greater_is_better: bool = False,
         margin: float | str = 0.0,
@@ -66,13 +70,18 @@ class MlflowModelPromotionOperator(BaseOperator):
         alias: str = "champion",
         evaluate_timeout: float | None = None,
         kubeflow_conn_id: str = DEFAULT_CONN_ID,
+        evaluate_spec: str | None = None,
+        evaluate_params: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("outlets", [champion_alias(model_name)])
         super().__init__(**kwargs)
         self.model_name = model_name
         self.run_id = run_id
-        self.evaluate = evaluate if isinstance(evaluate, str) else list(evaluate)  # a list renders item by item
+        # a list renders item by item
+        self.evaluate = evaluate if evaluate is None or isinstance(evaluate, str) else list(evaluate)
+        self.evaluate_spec = evaluate_spec
+        self.evaluate_params = dict(evaluate_params or {})
         self.metric = metric
         self.greater_is_better = greater_is_better
         self.margin = margin
@@ -102,12 +111,16 @@ class MlflowModelPromotionOperator(BaseOperator):
             alias=self.alias,
             evaluate_timeout=self.evaluate_timeout,
             working_dir=os.path.dirname(os.path.abspath(self.dag.fileloc)) if self.has_dag() else None,
+            evaluate_spec=self.evaluate_spec,
+            evaluate_params=self.evaluate_params or None,
         )
-        uri = resolve_tracking_uri(KubeflowHook(self.kubeflow_conn_id).options.mlflow_tracking_uri)
+        options = KubeflowHook(self.kubeflow_conn_id).options
+        uri = resolve_tracking_uri(options.mlflow_tracking_uri)
         if not uri:
             raise SpecError("mlflow_tracking_uri", "required: set it on the connection or $MLFLOW_TRACKING_URI")
+        backend = KubeflowHook.backend_for(options) if spec.evaluate_spec else None  # the connection's, as for the other work
         try:
-            decision = promote(spec, KubeflowBaseOperator._key(context), uri, progress=self.log.info)
+            decision = promote(spec, KubeflowBaseOperator._key(context), uri, progress=self.log.info, backend=backend)
         except SpecError:
             raise
         except Exception as exc:  # our errors carry one clean line; keep it the task's failure message

@@ -58,7 +58,9 @@ class KubeflowRunSensor(BaseSensorOperator):
                 return backend, backend.get(self.remote_id)
             except NotFound:
                 return backend, None
-        return backend, backend.find(self.key, Kind(self.kind) if self.kind else None)
+        wanted = Kind(self.kind) if self.kind else None
+        handle = backend.find(self.key, wanted)  # the key's work, whatever its kind
+        return backend, handle if handle is None or wanted in (None, handle.kind) else None
 
     def _result(self, handle: Handle, status: Status) -> dict[str, Any]:
         raise_for_status(handle, status)

@@ -52,8 +52,10 @@ class Backend(Protocol):
         """Create the work for (key, attempt), or return the object that already exists for it."""
 
     def find(self, key: str, kind: Kind | None = None, namespace: str | None = None) -> Handle | None:
-        """The newest attempt submitted under `key`, or None; `namespace` is where the spec says the
-        work lives (a backend with namespaces looks there too)."""
+        """The newest attempt submitted under `key`, of any kind, or None. A key holds one kind of
+        work, so the operations layer refuses a task whose kind (`kind`, None for a lookup by key)
+        is not the one found; `namespace` is where the spec says the work lives (a backend with
+        namespaces looks there too)."""
 
     def get(self, id: str) -> Handle:
         """The handle of the work with this backend id; raises NotFound."""

@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Mapping
 
 from shared.errors import BackendError
+from shared.mlflow_client import client_defaults
 from shared.promotion.spec import MODEL_URI_PLACEHOLDER, PromotionSpec
 
 MODEL_URI_ENV = "KUBEFLOW_TASKS_MODEL_URI"
@@ -35,7 +36,7 @@ def metric_value(output: str, metric: str) -> float | None:
 def evaluate(spec: PromotionSpec, model_uri: str, tracking_uri: str | None) -> float:
     """Run the evaluation for one model; its metric value. BackendError when it fails or prints none."""
     argv = [word.replace(MODEL_URI_PLACEHOLDER, model_uri) for word in spec.evaluate]
-    env: Mapping[str, str] = {**os.environ, MODEL_URI_ENV: model_uri}
+    env: Mapping[str, str] = {**client_defaults.environ(), MODEL_URI_ENV: model_uri}
     if tracking_uri:
         env = {**env, "MLFLOW_TRACKING_URI": tracking_uri}
     env = {k: v for k, v in env.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}

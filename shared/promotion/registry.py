@@ -78,14 +78,18 @@ def promote(
     tracking_uri: str,
     *,
     progress: Callable[[str], None] = lambda _m: None,
+    backend: Any = None,
 ) -> Decision:
-    """Register (or find, by key) the version, evaluate challenger, champion and baseline, decide once."""
+    """Register (or find, by key) the version, evaluate challenger, champion and baseline, decide once.
+
+    `backend` runs an evaluation given as work (`spec.evaluate_spec`; default: the local backend)."""
     try:
         with client_defaults():
             from mlflow.tracking import MlflowClient
 
             client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-            return _promote(client, spec, key, tracking_uri, progress)
+            judge = _Judge(spec, key, tracking_uri, progress, backend)
+            return _promote(client, spec, key, judge, progress)
     except (SpecError, BackendError):
         raise
     except Exception as exc:
@@ -95,7 +99,7 @@ def promote(
 
 
 def _promote(
-    client: MlflowClient, spec: PromotionSpec, key: str, tracking_uri: str, progress: Callable[[str], None]
+    client: MlflowClient, spec: PromotionSpec, key: str, judge: _Judge, progress: Callable[[str], None]
 ) -> Decision:
     version = find_version(client, spec.model_name, key)
     registered_before = version is not None
@@ -119,11 +123,11 @@ def _promote(
     if champion == version.version:  # an alias set by hand onto an undecided version: judge against no one
         champion = None
     challenger_uri = f"models:/{spec.model_name}/{version.version}"
-    value = _judge(spec, "challenger", challenger_uri, tracking_uri, progress)
+    value = judge("challenger", challenger_uri)
     champion_value = None
     if champion is not None:
-        champion_value = _judge(spec, f"champion v{champion}", f"models:/{spec.model_name}/{champion}", tracking_uri, progress)
-    baseline_value = _judge(spec, "baseline", spec.baseline, tracking_uri, progress)
+        champion_value = judge(f"champion-v{champion}", f"models:/{spec.model_name}/{champion}")
+    baseline_value = judge("baseline", spec.baseline)
     verdict = decide(
         spec.metric,
         value,
@@ -164,10 +168,29 @@ def _promote(
     )
 
 
-def _judge(spec: PromotionSpec, who: str, uri: str, tracking_uri: str, progress: Callable[[str], None]) -> float:
-    value = evaluate(spec, uri, tracking_uri)
-    progress(f"{who} ({uri}): {spec.metric}={value:.6g}")
-    return value
+@dataclass
+class _Judge:
+    """One model's metric: the user's command, or the evaluation run as work under `<key>/evaluate/<role>`."""
+
+    spec: PromotionSpec
+    key: str
+    tracking_uri: str
+    progress: Callable[[str], None]
+    backend: Any = None
+
+    def __call__(self, role: str, uri: str) -> float:
+        if self.spec.evaluate_spec is None:
+            value = evaluate(self.spec, uri, self.tracking_uri)
+        else:
+            from shared.promotion.work import evaluate_as_work
+
+            if self.backend is None:
+                from shared.backends import get_backend
+
+                self.backend = get_backend("local")
+            value = evaluate_as_work(self.spec, uri, role, self.key, self.tracking_uri, self.backend, self.progress)
+        self.progress(f"{role} ({uri}): {self.spec.metric}={value:.6g}")
+        return value
 
 
 def _recorded(

@@ -9,7 +9,7 @@ import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from shared.errors import SpecError
@@ -32,11 +32,15 @@ class PromotionSpec:
     `$KUBEFLOW_TASKS_MODEL_URI`. It prints `<metric>=<value>` (Katib's StdOut format); the last
     such line counts. The challenger is promoted when it beats the champion by more than `margin`
     (in metric units) and beats the baseline.
+
+    Or `evaluate_spec`: a TrainingJob manifest or a PipelineRun document, run as work like the rest
+    (`shared.promotion.work`) once per model with the parameter `model_uri` (and `evaluate_params`);
+    the metric is what it logged to the MLflow run handed to it.
     """
 
     model_name: str
     source_run_id: str
-    evaluate: tuple[str, ...]
+    evaluate: tuple[str, ...] = ()
     metric: str = "rmse"
     greater_is_better: bool = False
     margin: float = 0.0
@@ -45,6 +49,8 @@ class PromotionSpec:
     alias: str = "champion"
     evaluate_timeout: float | None = None
     working_dir: str | None = None
+    evaluate_spec: str | None = None
+    evaluate_params: Mapping[str, str] = field(default_factory=dict)
 
     def model_uri(self) -> str:
         """Where the training run logged the model."""
@@ -73,7 +79,7 @@ def promotion_spec(
     *,
     model_name: str,
     source_run_id: str,
-    evaluate: str | Sequence[str],
+    evaluate: str | Sequence[str] | None = None,
     metric: str = "rmse",
     greater_is_better: bool = False,
     margin: float | str = 0.0,
@@ -82,6 +88,8 @@ def promotion_spec(
     alias: str = "champion",
     evaluate_timeout: float | None = None,
     working_dir: str | None = None,
+    evaluate_spec: str | None = None,
+    evaluate_params: Mapping[str, Any] | None = None,
 ) -> PromotionSpec:
     """A checked PromotionSpec; every failure is a SpecError naming the field."""
     if not isinstance(model_name, str) or not _MODEL_NAME.fullmatch(model_name):
@@ -106,10 +114,21 @@ def promotion_spec(
         raise SpecError("baseline", f"expected {NAIVE!r} or a model URI, got {baseline!r}")
     if evaluate_timeout is not None and not (evaluate_timeout > 0):
         raise SpecError("evaluate_timeout", f"expected a positive duration, got {evaluate_timeout!r}")
+    if (evaluate is None) == (evaluate_spec is None):
+        raise SpecError("evaluate", "give the evaluation: a command (evaluate) or a spec run as work (evaluate_spec), one of them")
+    params = {}
+    if evaluate_spec is not None:
+        from shared.promotion.work import check_evaluation_spec
+
+        evaluate_spec, params = check_evaluation_spec(evaluate_spec, evaluate_params, working_dir)
+    elif evaluate_params:
+        raise SpecError("evaluate_params", "applies with evaluate_spec")
     return PromotionSpec(
         model_name=model_name,
         source_run_id=source_run_id,
-        evaluate=parse_evaluate(evaluate),
+        evaluate=parse_evaluate(evaluate) if evaluate is not None else (),
+        evaluate_spec=evaluate_spec,
+        evaluate_params=params,
         metric=metric,
         greater_is_better=bool(greater_is_better),
         margin=margin_value,

@@ -149,6 +149,36 @@ def pipeline_run(
     return parse_pipeline_run(manifest, base_dir)
 
 
+def uploaded_pipeline_manifest(
+    pipeline_name: str,
+    *,
+    version: str | None = None,
+    name: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    experiment: str | None = None,
+    namespace: str | None = None,
+) -> dict[str, Any]:
+    """The PipelineRun document of a run of a pipeline uploaded to KFP, by name and version (None:
+    the newest), as `kfp run submit --pipeline-name` runs it. The CLI, the Airflow operator and the
+    DolphinScheduler task all build this document; the Kubernetes backend looks the version up."""
+    spec: dict[str, Any] = {"pipelineName": pipeline_name, "parameters": dict(parameters or {})}
+    if version is not None:
+        spec["pipelineVersion"] = version
+    if experiment is not None:
+        spec["experiment"] = experiment
+    return {
+        "apiVersion": "kubeflow-tasks/v1",
+        "kind": "PipelineRun",
+        "metadata": _metadata(name or pipeline_name, namespace),
+        "spec": spec,
+    }
+
+
+def uploaded_pipeline_run(pipeline_name: str, **kwargs: Any) -> PipelineRunSpec:
+    """`uploaded_pipeline_manifest`, parsed and validated."""
+    return parse_pipeline_run(uploaded_pipeline_manifest(pipeline_name, **kwargs))
+
+
 def _search_parameter(name: str, value: Any) -> dict[str, Any]:
     """("double", 0.001, 0.1[, step]) | ("int", 10, 200[, step]) | ("categorical"|"discrete", [values])."""
     where = f"parameters.{name}"

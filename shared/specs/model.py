@@ -139,7 +139,9 @@ class ExperimentSpec:
 
 @dataclass(frozen=True)
 class PipelineRunSpec:
-    """A KFP run. `pipeline` is `module:function` or a path to a compiled pipeline YAML."""
+    """A KFP run. `pipeline` is `module:function` or a path to a compiled pipeline YAML; or, with
+    `pipeline` empty, `pipeline_name` names a pipeline uploaded to the KFP server and
+    `pipeline_version` one of its versions (None: the newest), as `kfp run submit --pipeline-name`."""
 
     name: str
     pipeline: str
@@ -151,6 +153,8 @@ class PipelineRunSpec:
     service_account: str | None = None
     pipeline_root: str | None = None
     manifest: Mapping[str, Any] = field(default_factory=dict)
+    pipeline_name: str | None = None
+    pipeline_version: str | None = None
     kind: Kind = field(default=Kind.PIPELINE, init=False)
 
 

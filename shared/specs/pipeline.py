@@ -1,5 +1,9 @@
 """KFP pipeline runs: our `PipelineRun` document, or a compiled KFP pipeline package given directly.
 
+A PipelineRun names its pipeline by `spec.pipeline` (a compiled file or `module:function`) or by
+`spec.pipelineName` (+ optional `spec.pipelineVersion`): a pipeline uploaded to the KFP server,
+which only the Kubernetes backend can look up.
+
 A `module:function` reference is checked for syntax only (importing and compiling it needs kfp
 and the user's code, which the backend does); a compiled pipeline is read and validated as the
 KFP server would (`kfp_package`), with its inputs checked against the run's parameters.
@@ -19,7 +23,16 @@ from shared.specs import kfp_package
 from shared.specs.model import PipelineRunSpec
 
 API_VERSION = "kubeflow-tasks/v1"
-_SPEC_FIELDS = ("pipeline", "parameters", "experiment", "enableCaching", "serviceAccount", "pipelineRoot")
+_SPEC_FIELDS = (
+    "pipeline",
+    "pipelineName",
+    "pipelineVersion",
+    "parameters",
+    "experiment",
+    "enableCaching",
+    "serviceAccount",
+    "pipelineRoot",
+)
 _FUNCTION_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
@@ -49,14 +62,19 @@ def parse_pipeline_run(
     spec = c.mapping(doc, "spec", "", required=True)
     assert spec is not None
     c.reject_unknown(spec, _SPEC_FIELDS, "spec", "a PipelineRun spec")
-    pipeline = _pipeline_ref(c.string(spec, "pipeline", "spec", required=True), base)
     parameters = {**(c.mapping(spec, "parameters", "spec") or {}), **dict(params or {})}
-    if not _FUNCTION_RE.fullmatch(pipeline):
-        _check_inputs(_read(pipeline, "spec.pipeline"), parameters, "spec.parameters")
     enable_caching = spec.get("enableCaching")
     if enable_caching is not None:
         enable_caching = c.boolean(spec, "enableCaching", "spec")
-    doc["spec"] = {**spec, "pipeline": pipeline, "parameters": parameters}
+    pipeline_name, pipeline_version = _registered(spec, enable_caching)
+    if pipeline_name is None:
+        pipeline = _pipeline_ref(c.string(spec, "pipeline", "spec", required=True), base)
+        if not _FUNCTION_RE.fullmatch(pipeline):
+            _check_inputs(_read(pipeline, "spec.pipeline"), parameters, "spec.parameters")
+        doc["spec"] = {**spec, "pipeline": pipeline, "parameters": parameters}
+    else:  # its inputs are the server's to tell: checked when the version is looked up, before the run
+        pipeline = ""
+        doc["spec"] = {**spec, "parameters": parameters}
     return PipelineRunSpec(
         name=name,
         pipeline=pipeline,
@@ -68,7 +86,30 @@ def parse_pipeline_run(
         service_account=c.string(spec, "serviceAccount", "spec") or None,
         pipeline_root=c.string(spec, "pipelineRoot", "spec") or None,
         manifest=doc,
+        pipeline_name=pipeline_name,
+        pipeline_version=pipeline_version,
     )
+
+
+def _registered(spec: Mapping[str, Any], enable_caching: bool | None) -> tuple[str | None, str | None]:
+    """`spec.pipelineName` (+ `spec.pipelineVersion`): a pipeline uploaded to KFP, instead of `spec.pipeline`."""
+    name = c.string(spec, "pipelineName", "spec")
+    version = c.string(spec, "pipelineVersion", "spec")
+    if name is None:
+        if version is not None:
+            raise SpecError("spec.pipelineVersion", "applies with spec.pipelineName (an uploaded pipeline)")
+        return None, None
+    if spec.get("pipeline") is not None:
+        raise SpecError("spec.pipelineName", "give spec.pipeline (a file or module:function) or spec.pipelineName, not both")
+    for field_name, value in (("pipelineName", name), ("pipelineVersion", version)):
+        if value is not None and (not value.strip() or not value.isprintable()):
+            raise SpecError(f"spec.{field_name}", f"must be non-empty printable text, got {value!r}")
+    if enable_caching is not None:
+        raise SpecError(
+            "spec.enableCaching",
+            "applies to a pipeline file or function; an uploaded version runs with the caching it was compiled with",
+        )
+    return name, version
 
 
 def parse_compiled_pipeline(

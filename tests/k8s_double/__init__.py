@@ -97,7 +97,8 @@ class KubeDouble:
         """Controller timings/outcomes (`Behaviour` fields: job_run_seconds, job_outcome, trial_outcome, ...),
         KFP (`kfp_pending_seconds`, `kfp_run_seconds`, `kfp_cancel_seconds`, `kfp_outcome`, `kfp_outcomes`),
         `bookmark_interval`, `watch_cut_after`, `webhook_status` (422, or 403 as controller-runtime sends),
-        `kfp_multi_user` (KFP in multi-user mode, see kfp.py) and `kueue_admit_seconds` (see controllers.py)."""
+        `kfp_multi_user` (KFP in multi-user mode, see kfp.py), `kueue_admit_seconds` (see controllers.py), and
+        `absent` / `forbidden`: plurals whose CRD is not installed (404) or that RBAC denies us (403)."""
         names = {f.name for f in fields(Behaviour)}
         for key, value in kw.items():
             if key in names:
@@ -108,6 +109,8 @@ class KubeDouble:
                 setattr(self.kfp.behaviour, key[4:], value)
             elif key in ("bookmark_interval", "watch_cut_after"):
                 setattr(self.kube, key, value)
+            elif key in ("absent", "forbidden"):  # plurals: CRD not installed (404) / RBAC denies (403)
+                setattr(self.kube, key, set(value))
             elif key == "webhook_status":
                 self.kube.admission.webhook_status = value
             else:

@@ -12,6 +12,10 @@ A background thread reconciles every `tick` seconds. Timings and outcomes come f
   the scheduler's PodScheduled=False condition; the job stays Created).
 - `double.kubeflow-tasks.dev/run-seconds`: how long the job (or each trial) runs, e.g. "0.5".
 
+`Controllers.trial_workload` (a callable, default None) plays a trial's container: it gets each
+Trial just before it succeeds (with its observation), e.g. to log what the trial's code would log
+to MLflow with the hand-off environment found in `spec.runSpec`.
+
 Kueue: a job labelled `kueue.x-k8s.io/queue-name` is created suspended (kube.py plays Kueue's
 mutating webhook) and admitted `Behaviour.kueue_admit_seconds` later by setting
 `spec.runPolicy.suspend` to false, as Kueue does; the operator then resumes it (Suspended=False).
@@ -126,6 +130,10 @@ class Controllers:
         self.store, self.behaviour, self.stopping = store, behaviour, stopping
         self.jobs: dict[str, _JobState] = {}
         self.trial_started: dict[str, float] = {}
+        # What runs in a trial's primary container, for a test to play (the double runs no containers):
+        # called with the Trial (its spec.runSpec holds the env we handed over) just before it succeeds,
+        # so whatever it records exists before the experiment can end, as with a real trial.
+        self.trial_workload: Any = None
         self.deleting_since: dict[str, float] = {}
         self.kueue_seen: dict[str, float] = {}
         self.kueue_admitted: set[str] = set()
@@ -325,15 +333,16 @@ class Controllers:
             self.store.update("pods", pod)
 
     def _after_finished(self, plural: str, obj: dict[str, Any], state: _JobState) -> None:
-        """runPolicy.ttlSecondsAfterFinished: the operator deletes a finished job (and its pods) that long
-        after it finished."""
+        """runPolicy.ttlSecondsAfterFinished: the operator deletes a finished job that long after it
+        finished (background propagation: the garbage collector removes the pods once the job is gone;
+        a finalizer keeps it, marked, until its owner removes it)."""
         ttl = (obj["spec"].get("runPolicy") or {}).get("ttlSecondsAfterFinished")
         if ttl is None:
             return
         finished = state.finished_at = state.finished_at or time.monotonic()
-        if time.monotonic() - finished >= ttl:
+        if time.monotonic() - finished >= ttl:  # the operator's plain delete: finalizers hold the object
             meta = obj["metadata"]
-            self.store.delete(plural, meta["namespace"], meta["name"])
+            self.store.request_delete(plural, meta["namespace"], meta["name"])
 
     def _kueue_admits(self, plural: str, obj: dict[str, Any]) -> bool:
         """Kueue: a suspended job with a queue-name label is admitted (spec.runPolicy.suspend set to false)
@@ -626,6 +635,8 @@ class Controllers:
             set_katib_condition(status, "Failed", "True", "TrialFailed", "Trial has failed")
         else:
             status["observation"] = {"metrics": self._metrics(obj)}
+            if self.trial_workload is not None:
+                self.trial_workload(copy.deepcopy(obj))
             set_katib_condition(status, "Succeeded", "True", "TrialSucceeded", "Trial has succeeded")
         status["completionTime"] = now_rfc3339()
         self._write_status("trials", obj, "Failed" if outcome == "Failed" else "Succeeded")

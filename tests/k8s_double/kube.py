@@ -48,8 +48,10 @@ RESOURCES = {r.plural: r for r in (
     Resource("kubeflow.org", "v1beta1", "Experiment", "experiments"),
     Resource("kubeflow.org", "v1beta1", "Trial", "trials"),
     Resource("", "v1", "Pod", "pods"),
+    Resource("", "v1", "ConfigMap", "configmaps", status_subresource=False),
 )}
 ADMITTED = {"pytorchjobs", "tfjobs", "experiments", "trials"}
+WRITABLE = ADMITTED | {"configmaps"}  # what clients may create and update (pods are the controllers')
 KUEUE_MANAGED = {"pytorchjobs", "tfjobs"}
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
@@ -124,6 +126,8 @@ class KubeApi:
         self.watch_cut_after = 2  # events sent before a "watch-cut" fault breaks the stream
         self.policy_webhooks: list[Any] = []  # see _policy_webhooks
         self.dry_runs = 0  # dry-run creates answered (they leave nothing in the store)
+        self.absent: set[str] = set()  # plurals whose CRD is "not installed": every request is a 404
+        self.forbidden: set[str] = set()  # plurals RBAC keeps from us: every request is a 403
 
     # -- App protocol
 
@@ -176,10 +180,18 @@ class KubeApi:
         if res is None or (path.startswith("/apis/") and (parts["group"], parts["version"]) != (res.group, res.version)):
             raise KubeError(404, "NotFound", "the server could not find the requested resource")
         ns, name, sub = parts["ns"], parts["name"], parts["sub"]
+        if res.plural in self.absent:  # what kube-apiserver answers for a resource no CRD defines
+            raise KubeError(404, "NotFound", "the server could not find the requested resource")
+        if res.plural in self.forbidden:  # kube-apiserver's RBAC denial, word for word
+            verb = {"GET": "list" if name is None else "get", "POST": "create", "DELETE": "delete"}.get(req.method, "patch")
+            where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
+            raise KubeError(403, "Forbidden", f'{res.qualified} is forbidden: User "double" cannot {verb} resource '
+                            f'"{res.plural}" in API group "{res.group}"{where}',
+                            {"group": res.group, "kind": res.plural})
         if name is None:
             if req.method == "GET":
                 return self._watch(req, res, ns, fault) if self.stream_kind(req) == "watch" else self._list(req, res, ns)
-            if req.method == "POST" and ns and res.plural in ADMITTED:
+            if req.method == "POST" and ns and res.plural in WRITABLE:
                 return self._create(req, res, ns)
             raise KubeError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         if ns is None:
@@ -190,7 +202,7 @@ class KubeApi:
             raise KubeError(404, "NotFound", "the server could not find the requested resource")
         if req.method == "GET":
             return Response(200, self._get(res, ns, name))
-        if req.method in ("PUT", "PATCH") and res.plural in ADMITTED:
+        if req.method in ("PUT", "PATCH") and res.plural in WRITABLE:
             return self._update(req, res, ns, name, status_only=sub == "status")
         if req.method == "DELETE" and sub is None:
             return self._delete(req, res, ns, name)
@@ -363,8 +375,10 @@ class KubeApi:
         if res.plural in KUEUE_MANAGED and (meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL):
             # Kueue's mutating webhook (jobframework ApplyDefaultForSuspend): queued jobs start suspended.
             obj.setdefault("spec", {}).setdefault("runPolicy", {})["suspend"] = True
-        warnings = self.admission.admit(res.plural, res.kind, res.group, obj, req.query.get("fieldValidation", ""))
-        self._policy_webhooks(res, obj)
+        warnings: list[str] = []
+        if res.plural in ADMITTED:
+            warnings = self.admission.admit(res.plural, res.kind, res.group, obj, req.query.get("fieldValidation", ""))
+            self._policy_webhooks(res, obj)
         with self.store.cond:
             if self.store.objects.get((res.plural, ns, meta["name"])) is not None:
                 raise KubeError(409, "AlreadyExists", f'{res.qualified} "{meta["name"]}" already exists',
@@ -450,6 +464,7 @@ class KubeApi:
                     self._admit_update(res, current, updated, req.query.get("fieldValidation", ""))
                 if updated.get("spec") != current.get("spec"):
                     updated["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
+                self._no_new_finalizers(res, current, updated)
             if updated["metadata"].get("deletionTimestamp") and not updated["metadata"].get("finalizers"):
                 self.store.delete(res.plural, ns, name)
                 return Response(200, updated)
@@ -457,6 +472,21 @@ class KubeApi:
             if status_only and stored.get("status") != current.get("status"):
                 self.store.record_change(res.plural, stored, "StatusWritten")
         return Response(200, stored)
+
+    @staticmethod
+    def _no_new_finalizers(res: Resource, current: dict[str, Any], updated: dict[str, Any]) -> None:
+        """The apiserver's rule: an object being deleted may lose finalizers, never gain one."""
+        if not current["metadata"].get("deletionTimestamp"):
+            return
+        had = current["metadata"].get("finalizers") or []
+        added = [f for f in updated["metadata"].get("finalizers") or [] if f not in had]
+        if added:
+            quoted = ", ".join(f'"{f}"' for f in added)
+            message = ("metadata.finalizers: Forbidden: no new finalizers can be added if the object is being "
+                       f"deleted, found new finalizers []string{{{quoted}}}")
+            raise KubeError(422, "Invalid", f'{res.kind}.{res.group} "{current["metadata"]["name"]}" is invalid: '
+                            f"{message}", {"causes": [{"reason": "FieldValueForbidden", "field": "metadata.finalizers",
+                                                       "message": message.split(": ", 1)[1]}]})
 
     def _admit_update(self, res: Resource, current: dict[str, Any], updated: dict[str, Any], field_validation: str) -> None:
         if res.plural == "experiments":
@@ -492,24 +522,14 @@ class KubeApi:
             if current is None:
                 raise self._not_found(res, name)
             meta = current["metadata"]
-            finalizers = list(meta.get("finalizers") or [])
             if policy == "Orphan" and res.plural != "pods":
                 for dep in self.store.objects.values():
                     refs = dep["metadata"].get("ownerReferences") or []
                     if any(r.get("uid") == meta["uid"] for r in refs):
                         dep["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != meta["uid"]]
-            if policy == "Foreground" and "foregroundDeletion" not in finalizers:
-                finalizers.append("foregroundDeletion")
-            if not finalizers:
-                deleted = self.store.delete(res.plural, ns, name)
-                return Response(200, deleted)
-            if not meta.get("deletionTimestamp"):
-                meta["deletionTimestamp"] = now_rfc3339()
-                meta["deletionGracePeriodSeconds"] = 0
-                meta["finalizers"] = finalizers
-                current = self.store.update(res.plural, current)
-                self.store.record_change(res.plural, current, "Deleting")
-        return Response(202, current)
+            gone = not meta.get("finalizers") and policy != "Foreground"
+            current = self.store.request_delete(res.plural, ns, name, foreground=policy == "Foreground")
+        return Response(200 if gone else 202, current)
 
     # -- pod logs
 

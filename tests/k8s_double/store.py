@@ -149,6 +149,28 @@ class Store:
             self.record_change(plural, obj, "Deleted")
             return copy.deepcopy(obj)
 
+    def request_delete(self, plural: str, namespace: str, name: str, foreground: bool = False) -> dict[str, Any] | None:
+        """A delete as the apiserver does it: the object goes at once without finalizers; with some
+        (foreground deletion adds `foregroundDeletion`) it only gets a deletionTimestamp and stays until
+        their owners remove them. None when there is no such object."""
+        with self.cond:
+            current = self.get(plural, namespace, name)
+            if current is None:
+                return None
+            meta = current["metadata"]
+            finalizers = list(meta.get("finalizers") or [])
+            if foreground and "foregroundDeletion" not in finalizers:
+                finalizers.append("foregroundDeletion")
+            if not finalizers:
+                return self.delete(plural, namespace, name)
+            if not meta.get("deletionTimestamp"):
+                meta["deletionTimestamp"] = now_rfc3339()
+                meta["deletionGracePeriodSeconds"] = 0
+                meta["finalizers"] = finalizers
+                current = self.update(plural, current)
+                self.record_change(plural, current, "Deleting")
+            return current
+
     def _write(self, plural: str, obj: dict[str, Any], event_type: str) -> dict[str, Any]:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)

@@ -131,6 +131,13 @@ def _start(workdir: Path, bin_dir: Path, root: Path, started: list[processes.Sta
                          apiserver, 120)
     kubeconfig = write_kubeconfig(workdir / "kubeconfig", server, stack_certs.ca.cert, token, NAMESPACE)
 
+    # The CRDs before the controller manager: its garbage collector reads the deletable resources from
+    # discovery when it starts and then only every 30 s (hard-coded in kube-controller-manager), and
+    # until it watches a kind, a foreground delete of such an object waits (measured: 14 s for the
+    # first PyTorchJob of a stack whose CRDs came after it; 0.2 s from then on, and from the first
+    # with this order). A real cluster has its CRDs long before anyone deletes a job.
+    _install_crds(root, kubeconfig, apiserver)
+
     # controller manager (garbage collection, namespaces, jobs) and scheduler (binding)
     _, kcm = processes.start("kube-controller-manager", [
         str(bin_dir / "kube-controller-manager"), "--kubeconfig", str(kubeconfig),
@@ -168,9 +175,6 @@ def _start(workdir: Path, bin_dir: Path, root: Path, started: list[processes.Sta
     started.append(kwok)
 
     # the training operator, with our certificates pre-seeded so its webhook is callable on 127.0.0.1
-    ext = client.ApiextensionsV1Api(api)
-    for crd in sorted((root / "crds").glob("*.yaml")):
-        ext.create_custom_resource_definition(yaml.safe_load(crd.read_text()))
     core.create_namespaced_secret(OPERATOR_NAMESPACE, {
         "metadata": {"name": WEBHOOK_SECRET},
         "data": {k: base64.b64encode(v).decode() for k, v in {
@@ -209,6 +213,32 @@ def _start(workdir: Path, bin_dir: Path, root: Path, started: list[processes.Sta
             "operator_namespace": OPERATOR_NAMESPACE, "webhook_port": webhook_port,
         },
     }
+
+
+def _install_crds(root: Path, kubeconfig: Path, apiserver: processes.Started) -> None:
+    """Create the operator's CRDs and wait until discovery serves every one of them."""
+    from kubernetes import client
+    from kubernetes import config as kconfig
+
+    api = kconfig.new_client_from_config(str(kubeconfig))
+    ext = client.ApiextensionsV1Api(api)
+    wanted: dict[str, set[str]] = {}
+    for path in sorted((root / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        ext.create_custom_resource_definition(crd)
+        for version in crd["spec"]["versions"]:
+            if version.get("served", True):
+                wanted.setdefault(f'{crd["spec"]["group"]}/{version["name"]}', set()).add(crd["spec"]["names"]["plural"])
+
+    def discovered() -> bool:
+        for group_version, plurals in wanted.items():
+            found = api.call_api(f"/apis/{group_version}", "GET", response_type="object",
+                                 auth_settings=["BearerToken"], _return_http_data_only=True)
+            if not plurals <= {r["name"] for r in found.get("resources", [])}:
+                return False
+        return True
+
+    processes.wait_ready("kube-apiserver (CRDs in discovery)", discovered, apiserver, 60)
 
 
 def _private_cert_dir(cmd: list[str], workdir: Path) -> tuple[list[str], Path]:

@@ -11,26 +11,29 @@ namespace rules and the waiting both share. Handle ids say where the work is:
 Idempotency: a CR carries the label `kubeflow-tasks.dev/key-hash` and the annotations
 `kubeflow-tasks.dev/key` and `kubeflow-tasks.dev/attempt`, and its name is deterministic in (spec
 name, key, attempt); a KFP run has the display name `<name>-<key hash>-<attempt>` and its key in
-the description. Waiting uses the process-wide shared watches and KFP poller of `hub`. Importing
-this module loads neither `kubernetes` nor `kfp`: clients are built on the first request.
+the description. Both carry the spec fingerprint (`shared.fingerprint`), and a key is looked up
+across every kind (`find`). Waiting uses the process-wide shared watches and KFP poller of `hub`.
+Importing this module loads neither `kubernetes` nor `kfp`: clients are built on the first request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from shared.backends.base import SubmitContext
-from shared.backends.kubernetes import hub, manifests, states
+from shared.backends.kubernetes import hub, manifests, outcomes, states
 from shared.backends.kubernetes.access import Cluster, ClusterOptions, Kfp, KfpOptions
 from shared.backends.kubernetes.resources import CustomResources, deleted_by_us, remember_end, split_id
 from shared.backends.kubernetes.runs import KFP_PREFIX, PipelineRuns
-from shared.errors import BackendError, SpecError
+from shared.errors import ApiError, BackendError, SpecError
 from shared.specs.model import PipelineRunSpec, Spec
 from shared.status import Handle, Kind, Status
 
 __all__ = ["KFP_PREFIX", "KubernetesBackend"]
+log = logging.getLogger(__name__)
 
 
 class KubernetesBackend:
@@ -138,24 +141,65 @@ class KubernetesBackend:
         return self.resources.submit(spec, key, attempt, namespace, context)
 
     def dry_run(self, spec: Spec, key: str, attempt: int, context: SubmitContext) -> None:
-        """A server-side dry run of a custom resource (a KFP run has none: its body is checked locally)."""
-        if not isinstance(spec, PipelineRunSpec):
+        """A server-side dry run of a custom resource (a KFP run has none: its body is checked locally,
+        and an uploaded pipeline's version is looked up)."""
+        if isinstance(spec, PipelineRunSpec):
+            if spec.namespace:
+                self._check_allowed(spec.namespace)
+            self.runs.dry_run(spec, spec.namespace or self.kfp.options.namespace, context.env)
+        else:
             self.resources.dry_run(spec, key, attempt, self.namespace_for(spec), context)
 
     # ------------------------------------------------------------------ find and get
 
     def find(self, key: str, kind: Kind | None = None, namespace: str | None = None) -> Handle | None:
-        """`namespace` (the manifest's) is searched first: a new process knows no namespace it used."""
-        if kind is Kind.PIPELINE:
-            return self.runs.find(key, namespace or self.kfp.options.namespace)
+        """The newest work under `key`, whatever its kind: a key holds one kind of work, and the
+        operations layer refuses a task of another kind, so every kind is looked at (custom
+        resources of each kind we create and, when KFP is configured, its runs).
+
+        `kind` is the task's own (None: a lookup by key): errors reading it are the caller's, while
+        another kind the cluster does not serve (404) or hides from us (403) holds nothing (see
+        `CustomResources.find`; KFP runs likewise when KFP refuses us, 401/403/404, or is in
+        multi-user mode with no namespace named; a KFP out of reach is an error, as the key cannot
+        be judged without it). `namespace` (the manifest's) is searched first: a new process knows
+        no namespace it used. Cost: one list per kind and namespace plus one KFP list, per submission.
+        """
         if namespace:
             self._check_allowed(namespace)
-        found = self.resources.find(
-            key, kind, list(dict.fromkeys([*([namespace] if namespace else []), *self._search_namespaces()]))
-        )
-        if found is None and kind is None and self.kfp.configured:
-            return self.runs.find(key, self.kfp.options.namespace)
-        return found
+        found = self._find_resources(key, kind, namespace)
+        run = self._find_run(key, kind, namespace)
+        if run is not None:
+            found.append(run)
+        # On a tie (only work made before keys held one kind), the other kind: it is refused, never adopted.
+        return max(found, key=lambda h: (h.attempt, h.kind is not kind), default=None)
+
+    def _find_resources(self, key: str, kind: Kind | None, namespace: str | None) -> list[Handle]:
+        try:
+            self.cluster.api_client()  # built once per backend
+        except SpecError:
+            runs_only = kind is Kind.PIPELINE or (kind is None and self.kfp.configured)
+            if runs_only and not self.cluster.options_given:  # a KFP-only configuration: no cluster
+                return []
+            raise
+        namespaces = list(dict.fromkeys([*([namespace] if namespace else []), *self._search_namespaces()]))
+        return self.resources.find(key, namespaces, own=kind)
+
+    def _find_run(self, key: str, kind: Kind | None, namespace: str | None) -> Handle | None:
+        if kind is Kind.PIPELINE:
+            return self.runs.find(key, namespace or self.kfp.options.namespace)
+        if not self.kfp.configured:
+            return None
+        try:
+            return self.runs.find(key, namespace or self.kfp.options.namespace)
+        except SpecError as exc:
+            if exc.path != "namespace":  # a KFP misconfiguration is the user's to fix
+                raise
+            log.warning("looking up key %r: KFP runs skipped: %s", key, exc)  # multi-user, no namespace
+        except ApiError as exc:
+            if exc.status not in (401, 403, 404):  # out of reach or failing: the key cannot be judged
+                raise
+            log.warning("looking up key %r: KFP runs skipped: %s", key, exc)
+        return None
 
     def get(self, id: str) -> Handle:
         if id.startswith(KFP_PREFIX):
@@ -264,17 +308,19 @@ class KubernetesBackend:
             status = states.deleted_status(payload, cancelled=deleted_by_us(handle.id), plural=plural)
         else:
             status = states.status_of(plural, payload)
+            if outcomes.holds(payload) and (status.terminal or payload["metadata"].get("deletionTimestamp")):
+                # record the end before our finalizer goes (requests: never on the event loop)
+                return await asyncio.to_thread(self.resources.observed, plural, payload)
         if status.terminal:
             remember_end(handle.id, status)
         return status
 
     def fingerprint(self, handle: Handle) -> str | None:
-        """The spec fingerprint annotated on a custom resource (KFP runs carry none: trusted)."""
+        """The spec fingerprint stored with the work: a custom resource's annotation, a KFP run's
+        description line. None (trusted) for work made before fingerprints were stored."""
         if handle.id.startswith(KFP_PREFIX):
-            return None
-        namespace, plural, name = split_id(handle.id)
-        annotations = self.get_object(namespace, plural, name)["metadata"].get("annotations") or {}
-        return annotations.get(manifests.FINGERPRINT_ANNOTATION)
+            return self.runs.fingerprint(handle)
+        return self.resources.fingerprint(handle)
 
     # ------------------------------------------------------------------ requests
 

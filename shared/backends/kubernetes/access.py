@@ -145,6 +145,12 @@ class Cluster:
             return self._client
 
     @property
+    def options_given(self) -> bool:
+        """Whether a cluster was named (kubeconfig, context, host or in-cluster), not just looked for."""
+        o = self.options
+        return bool(o.kubeconfig or o.context or o.host or o.in_cluster)
+
+    @property
     def namespace(self) -> str:
         """The default namespace: the option, else the kubeconfig context's, else the pod's, else default."""
         if self._namespace is None:

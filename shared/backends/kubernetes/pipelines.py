@@ -1,7 +1,10 @@
 """KFP runs on a KFP API server: the run body, get-or-create of experiments, and create-once.
 
-Runs have no labels, so a run is found again by its deterministic display name, and its key is
-kept in the description (so `get` and `list` can rebuild the handle). Creating a run or an
+Runs have no labels, so a run is found again by its deterministic display name, and what we need
+to know about it later is kept in its description (`describe`): the key on the first line (so `get`
+and `list` can rebuild the handle), then one `kubeflow-tasks <field>: <value>` line per field (a
+run's spec fingerprint, a recurring run's config digest). A run made before a field existed simply
+lacks its line. Creating a run or an
 experiment is not idempotent on the server: a create whose answer was lost may still have
 happened. So every create is tried once, and before each retry we look for what it may have made.
 """
@@ -20,6 +23,8 @@ from shared.retry import http_status, retrying
 from shared.specs.model import PipelineRunSpec
 
 DESCRIPTION_PREFIX = "kubeflow-tasks key: "
+FIELD_PREFIX = "kubeflow-tasks "
+FIELDS = ("fingerprint", "config")  # the field lines we write, in this order
 _COMPILED: dict[tuple[str, str], list[dict[str, Any]]] = {}
 _COMPILED_LOCK = threading.Lock()
 
@@ -32,9 +37,38 @@ def substring(key: str, value: str) -> str:
     return json.dumps({"predicates": [{"key": key, "operation": "IS_SUBSTRING", "string_value": value}]})
 
 
-def key_of(run: Mapping[str, Any]) -> str | None:
-    description = run.get("description") or ""
-    return description[len(DESCRIPTION_PREFIX) :] if description.startswith(DESCRIPTION_PREFIX) else None
+def describe(key: str, **fields: str) -> str:
+    """The description of a run or recurring run of ours: the key, then one line per field."""
+    lines = [f"{DESCRIPTION_PREFIX}{key}"]
+    lines += [f"{FIELD_PREFIX}{name}: {fields[name]}" for name in FIELDS if fields.get(name)]
+    return "\n".join(lines)
+
+
+def _read_description(obj: Mapping[str, Any]) -> tuple[str | None, dict[str, str]]:
+    """(key, fields) of a description `describe` wrote, or (None, {}). Field lines are read from the
+    end, so a key that itself holds a line break (an API caller's) still reads back whole."""
+    text = obj.get("description") or ""
+    if not text.startswith(DESCRIPTION_PREFIX):
+        return None, {}
+    lines = text[len(DESCRIPTION_PREFIX) :].split("\n")
+    fields: dict[str, str] = {}
+    while len(lines) > 1:
+        name, sep, value = lines[-1].removeprefix(FIELD_PREFIX).partition(": ")
+        if not (lines[-1].startswith(FIELD_PREFIX) and sep and name in FIELDS) or name in fields:
+            break
+        fields[name] = value
+        lines.pop()
+    return "\n".join(lines), fields
+
+
+def key_of(obj: Mapping[str, Any]) -> str | None:
+    """The key a run or recurring run of ours was made for; None for anyone else's."""
+    return _read_description(obj)[0]
+
+
+def field_of(obj: Mapping[str, Any], name: str) -> str | None:
+    """A field line of our description (`fingerprint`, `config`), None when absent (an older run)."""
+    return _read_description(obj)[1].get(name)
 
 
 def create_once_then_find(create: Callable[[], Any], find: Callable[[], Any]) -> Any:
@@ -69,28 +103,35 @@ def run_body(
     key: str,
     env: Mapping[str, str],
     mlflow_plugin_experiment: str | None,
+    fingerprint: str | None = None,
+    uploaded: tuple[Any, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The v2beta1 Run to create, with the pipeline spec inline (no pipeline upload to clean up).
+    """The v2beta1 Run to create, with the pipeline spec inline (no pipeline upload to clean up),
+    or, for a run of an uploaded pipeline, the reference to the version `uploaded` (`uploaded.resolve`).
 
     Compiling and checking the parameters happens here, before anything is sent; the caller adds
     the experiment id, which may need a request."""
     from shared.specs.pipeline_ir import pipeline_arguments
 
-    docs = pipeline_docs(spec)
-    pipeline = docs[0]
-    if spec.enable_caching is not None:
-        _set_caching(pipeline, spec.enable_caching)
+    body: dict[str, Any] = {"display_name": display_name, "description": describe(key, fingerprint=fingerprint or "")}
+    if uploaded is not None:
+        version, pipeline = uploaded
+        body["pipeline_version_reference"] = {
+            "pipeline_id": version.pipeline_id,
+            "pipeline_version_id": version.version_id,
+        }
+    else:
+        docs = pipeline_docs(spec)
+        pipeline = docs[0]
+        if spec.enable_caching is not None:
+            _set_caching(pipeline, spec.enable_caching)
+        body["pipeline_spec"] = (
+            pipeline if len(docs) == 1 else {"pipeline_spec": pipeline, "platform_spec": docs[1]}
+        )
     runtime_config: dict[str, Any] = {"parameters": pipeline_arguments(pipeline, spec.parameters, env)}
     if spec.pipeline_root:
         runtime_config["pipeline_root"] = spec.pipeline_root
-    body: dict[str, Any] = {
-        "display_name": display_name,
-        "description": f"{DESCRIPTION_PREFIX}{key}",
-        "pipeline_spec": pipeline
-        if len(docs) == 1
-        else {"pipeline_spec": pipeline, "platform_spec": docs[1]},
-        "runtime_config": runtime_config,
-    }
+    body["runtime_config"] = runtime_config
     if spec.service_account:
         body["service_account"] = spec.service_account
     if mlflow_plugin_experiment:

@@ -28,9 +28,11 @@ import yaml
 from shared.backends.kubernetes import naming
 from shared.backends.kubernetes.access import Kfp
 from shared.backends.kubernetes.pipelines import (
-    DESCRIPTION_PREFIX,
     create_once_then_find,
+    describe,
     equals,
+    field_of,
+    key_of,
     pipeline_docs,
 )
 from shared.errors import SpecError
@@ -38,7 +40,6 @@ from shared.keys import key_digest
 from shared.retry import http_status
 from shared.specs.model import PipelineRunSpec
 
-CONFIG_PREFIX = "kubeflow-tasks config: "
 MAX_CONCURRENCY = (1, 10)  # the API's range
 
 
@@ -180,15 +181,11 @@ def _config_digest(version: PipelineVersion, spec: PipelineRunSpec, schedule: Sc
 
 
 def _ours(recurring: Mapping[str, Any], key: str) -> bool:
-    lines = (recurring.get("description") or "").splitlines()
-    return bool(lines) and lines[0] == f"{DESCRIPTION_PREFIX}{key}"
+    return key_of(recurring) == key
 
 
 def _digest_of(recurring: Mapping[str, Any]) -> str | None:
-    for line in (recurring.get("description") or "").splitlines():
-        if line.startswith(CONFIG_PREFIX):
-            return line[len(CONFIG_PREFIX) :]
-    return None
+    return field_of(recurring, "config")
 
 
 def find_recurring_runs(kfp: Kfp, spec_name: str, key: str, namespace: str | None) -> list[dict[str, Any]]:
@@ -236,8 +233,17 @@ def apply_recurring_run(
         removed = tuple(r["recurring_run_id"] for r in existing)
         return Applied("deleted" if removed else "absent", key, removed=removed)
 
-    pipeline_arguments(pipeline_docs(spec)[0], spec.parameters, env or {})  # bad parameters fail before any upload
-    version = upload_pipeline(kfp, spec, version_name=version_name, namespace=namespace)
+    if spec.pipeline_name:  # an uploaded pipeline: its version is looked up, nothing is uploaded
+        from shared.backends.kubernetes.uploaded import resolve
+
+        if version_name:
+            raise SpecError("--pipeline-version", "names the version to upload; an uploaded pipeline's version is spec.pipelineVersion")
+        version, pipeline = resolve(kfp, spec, namespace)
+        pipeline_arguments(pipeline, spec.parameters, env or {})
+    else:
+        pipeline = pipeline_docs(spec)[0]
+        pipeline_arguments(pipeline, spec.parameters, env or {})  # bad parameters fail before any upload
+        version = upload_pipeline(kfp, spec, version_name=version_name, namespace=namespace)
     digest = _config_digest(version, spec, schedule, experiment_id)
     keep = next((r for r in existing if _digest_of(r) == digest), None)
     stale = [r for r in existing if r is not keep]
@@ -257,9 +263,9 @@ def apply_recurring_run(
     display_name = recurring_display_name(spec.name, key)
     body: dict[str, Any] = {
         "display_name": display_name,
-        "description": f"{DESCRIPTION_PREFIX}{key}\n{CONFIG_PREFIX}{digest}",
+        "description": describe(key, config=digest),
         "pipeline_version_reference": {"pipeline_id": version.pipeline_id, "pipeline_version_id": version.version_id},
-        "runtime_config": {"parameters": pipeline_arguments(pipeline_docs(spec)[0], spec.parameters, env or {})},
+        "runtime_config": {"parameters": pipeline_arguments(pipeline, spec.parameters, env or {})},
         "trigger": {"cron_schedule": {"cron": schedule.cron}},
         "max_concurrency": str(schedule.max_concurrency),
         "no_catchup": schedule.no_catchup,
@@ -307,8 +313,35 @@ def kfp_cron(cron: str, field_name: str = "--cron") -> str:
     return full
 
 
-def check_concurrency(value: int) -> int:
+def check_concurrency(value: int, field_name: str = "--max-concurrency") -> int:
     low, high = MAX_CONCURRENCY
-    if not low <= value <= high:
-        raise SpecError("--max-concurrency", f"expected {low} to {high}, got {value}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SpecError(field_name, f"expected {low} to {high}, got {value!r}")
     return value
+
+
+def schedule_of(
+    cron: str | None,
+    max_concurrency: int = 1,
+    no_catchup: bool = False,
+    disable: bool = False,
+    delete: bool = False,
+    *,
+    flags: bool = False,
+) -> Schedule | None:
+    """The schedule the CLI's, the operator's or the task's arguments ask for (None: delete it),
+    checked before anything is contacted. `flags` names the fields as the CLI's options."""
+
+    def name(field_name: str) -> str:
+        return f"--{field_name.replace('_', '-')}" if flags else field_name
+
+    if disable and delete:
+        raise SpecError(name("disable"), "give disable or delete, not both")
+    if not delete and not cron:
+        raise SpecError(name("cron"), f"required (or {name('delete')})")
+    full = kfp_cron(cron, name("cron")) if cron else None
+    check_concurrency(max_concurrency, name("max_concurrency"))
+    if delete:
+        return None
+    assert full is not None
+    return Schedule(full, max_concurrency, no_catchup, enabled=not disable)

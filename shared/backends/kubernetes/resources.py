@@ -3,19 +3,24 @@
 Ids are `<namespace>/<plural>/<name>`. A CR carries the label `kubeflow-tasks.dev/key-hash` and
 the annotations `kubeflow-tasks.dev/key` and `kubeflow-tasks.dev/attempt`; its name is
 deterministic in (spec name, key, attempt), so a retried create meets its own earlier success as
-409 AlreadyExists. A 404 we caused (our delete, marked by an annotation first) is CANCELLED, any
-other is FAILED "deleted externally".
+409 AlreadyExists. A 404 we caused (our delete, marked by an annotation first) is CANCELLED; a job
+removed by its `ttlSecondsAfterFinished` keeps the end recorded for it (`outcomes`); any other is
+FAILED "deleted externally".
+
+Looking up a key reads every kind we create (one list per kind and namespace), because a key holds
+one kind of work: see `find` for what a kind the cluster does not serve or hides from us counts as.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from shared.backends.base import SubmitContext
-from shared.backends.kubernetes import ids, manifests, naming, states
+from shared.backends.kubernetes import ids, manifests, naming, outcomes, states
 from shared.backends.kubernetes.access import Cluster, call, read_body
 from shared.errors import BackendError, NotFound, SpecError
 from shared.retry import http_status
@@ -23,6 +28,7 @@ from shared.specs.model import ExperimentSpec, TrainingJobSpec
 from shared.status import Handle, Kind, State, Status
 
 BACKEND_NAME = "kubernetes"
+log = logging.getLogger(__name__)
 _DELETED_BY_US: set[str] = set()  # handle ids this process deleted: their 404 means CANCELLED
 
 
@@ -55,6 +61,7 @@ class CustomResources:
         self.cluster = cluster
         self.request_timeout = request_timeout
         self.cancel_timeout = cancel_timeout
+        self.outcomes = outcomes.Outcomes(cluster, request_timeout)
 
     # ------------------------------------------------------------------ submit
 
@@ -67,7 +74,7 @@ class CustomResources:
         context: SubmitContext,
     ) -> Handle:
         resource = manifests.resource_of(spec)
-        body = manifests.build(spec, key, attempt, namespace, context)
+        body = _body(spec, key, attempt, namespace, context)
         return self.handle(resource, self._create_or_adopt(resource, namespace, body, key, dry_run=False))
 
     def dry_run(
@@ -81,7 +88,7 @@ class CustomResources:
         """Let the API server judge the object (`dryRun=All`: schema, defaults, every webhook) without
         creating it; a refusal is the one-line field error, an existing object of ours is fine."""
         resource = manifests.resource_of(spec)
-        body = manifests.build(spec, key, attempt, namespace, context)
+        body = _body(spec, key, attempt, namespace, context)
         self._create_or_adopt(resource, namespace, body, key, dry_run=True)
 
     def _create_or_adopt(
@@ -118,29 +125,80 @@ class CustomResources:
 
     # ------------------------------------------------------------------ find and get
 
-    def find(self, key: str, kind: Kind | None, namespaces: Sequence[str]) -> Handle | None:
-        """The newest attempt under `key` in any of `namespaces`."""
-        found: list[Handle] = []
-        resources = manifests.FOR_KIND.get(kind, ()) if kind else tuple(manifests.RESOURCES.values())
+    def find(self, key: str, namespaces: Sequence[str], own: Kind | None = None) -> list[Handle]:
+        """Every attempt under `key` in any of `namespaces`, of every kind we create.
+
+        `own` is the kind the caller is about to submit (None: a lookup by key). A kind the cluster
+        does not serve (404 on its list: its CRD is not installed, e.g. no Katib) holds nothing. A
+        kind we may not list (RBAC 403) holds nothing we can see unless it is `own`'s: then the
+        403 is the caller's, as it was before other kinds were looked at. Why: a cluster that
+        locks a kind away from us (Katib experiments for a team that only trains) must not break
+        every submission; the price is that work of that kind under the key, made by someone
+        allowed to, goes unnoticed (we could not see, adopt or cancel it either). Each skip is
+        logged as a warning.
+        """
+        found: dict[str, Handle] = {}
+        for namespace in namespaces:  # jobs removed by their TTL: their recorded ends (see `outcomes`)
+            for handle, _, _ in self.outcomes.for_key(key, namespace):
+                found[handle.id] = handle
         selector = f"{naming.KEY_HASH_LABEL}={naming.key_hash(key)}"
+        for obj, resource in self._list_every_kind(namespaces, selector, own, f"key {key!r}"):
+            if (obj["metadata"].get("annotations") or {}).get(naming.KEY_ANNOTATION) == key:
+                handle = self.handle(resource, obj)
+                found[handle.id] = handle
+        return list(found.values())
+
+    def _list_every_kind(
+        self, namespaces: Sequence[str], selector: str, own: Kind | None, what: str
+    ) -> list[tuple[dict[str, Any], manifests.Resource]]:
+        """Our objects of every kind in `namespaces`; kinds not served or not visible are skipped
+        (see `find`), and a kind found not served is not asked for in the next namespace."""
+        skipped: set[str] = set()
+        found: list[tuple[dict[str, Any], manifests.Resource]] = []
         for namespace in namespaces:
-            for resource in resources:
-                for obj in self.list_objects(namespace, resource, selector):
-                    if (obj["metadata"].get("annotations") or {}).get(naming.KEY_ANNOTATION) == key:
-                        found.append(self.handle(resource, obj))
-        return max(found, key=lambda h: h.attempt) if found else None
+            for resource in manifests.RESOURCES.values():
+                if resource.plural in skipped:
+                    continue
+                try:
+                    objects = self.list_objects(namespace, resource, selector)
+                except Exception as exc:
+                    status = http_status(exc)
+                    if status == 404:
+                        skipped.add(resource.plural)  # not served in any namespace
+                        continue
+                    if status == 403 and resource.work is not own:
+                        log.warning("looking up %s: %s in %s skipped: %s", what, resource.kind, namespace, exc)
+                        continue
+                    raise
+                found += [(obj, resource) for obj in objects]
+        return found
 
     def get(self, handle_id: str) -> Handle:
         namespace, plural, name = split_id(handle_id)
-        return self.handle(manifests.BY_PLURAL[plural], self.get_object(namespace, plural, name))
+        try:
+            return self.handle(manifests.BY_PLURAL[plural], self.get_object(namespace, plural, name))
+        except NotFound:
+            record = self.outcomes.recorded(handle_id)
+            if record is None:
+                raise
+            return record[0]
+
+    def fingerprint(self, handle: Handle) -> str | None:
+        """The spec fingerprint annotated on the object, or recorded for it once it is gone."""
+        namespace, plural, name = split_id(handle.id)
+        try:
+            annotations = self.get_object(namespace, plural, name)["metadata"].get("annotations") or {}
+        except NotFound:
+            record = self.outcomes.recorded(handle.id)
+            if record is None:
+                raise
+            return record[2] or None
+        return annotations.get(manifests.FINGERPRINT_ANNOTATION)
 
     def list(self, namespaces: Sequence[str]) -> list[Handle]:
-        handles = []
-        for namespace in namespaces:
-            for resource in manifests.RESOURCES.values():
-                objects = self.list_objects(namespace, resource, naming.KEY_HASH_LABEL)
-                handles += [self.handle(resource, obj) for obj in objects]
-        return handles
+        """Our work of every kind the cluster serves and lets us see (see `find`)."""
+        objects = self._list_every_kind(namespaces, naming.KEY_HASH_LABEL, None, "our work")
+        return [self.handle(resource, obj) for obj, resource in objects]
 
     # ------------------------------------------------------------------ status and cancel
 
@@ -149,40 +207,66 @@ class CustomResources:
         try:
             obj = self.get_object(namespace, plural, name)
         except NotFound:
-            ended = _ENDED.get(handle.id)
-            return ended or states.deleted_status(None, cancelled=deleted_by_us(handle.id))
+            return self.vanished(handle)
+        return self.observed(plural, obj)
+
+    def observed(self, plural: str, obj: dict[str, Any]) -> Status:
+        """The object's status; a terminal one is remembered, and settled if it holds our finalizer."""
         status = states.status_of(plural, obj)
+        handle = self.handle(manifests.BY_PLURAL[plural], obj)
         if status.terminal:
             remember_end(handle.id, status)
+        if outcomes.holds(obj):
+            annotations = obj["metadata"].get("annotations") or {}
+            self.outcomes.settle(handle, plural, obj, status, annotations.get(manifests.FINGERPRINT_ANNOTATION))
         return status
 
+    def vanished(self, handle: Handle) -> Status:
+        """A job that is gone: the end this process saw, else the recorded one, else how it went."""
+        ended = _ENDED.get(handle.id)
+        if ended is not None:
+            return ended
+        record = self.outcomes.recorded(handle.id)
+        if record is not None:
+            status = record[1]
+            return Status(status.state, status.raw_state,
+                          f"{status.message} (the object was removed since)".lstrip(), status.outputs)
+        return states.deleted_status(None, cancelled=deleted_by_us(handle.id))
+
     def request_cancel(self, handle: Handle) -> Status:
-        """Mark the object cancelled and delete it (foreground); returns the status before the delete.
+        """Mark the object cancelled, release our finalizer and delete it (foreground); returns the
+        status before the delete.
 
         Quick and bounded: it does not wait for the object to go (see `cancel`)."""
-        status = self.status(handle)
+        namespace, plural, name = split_id(handle.id)
+        try:
+            obj = self.get_object(namespace, plural, name)
+        except NotFound:
+            return self.vanished(handle)
+        status = self.observed(plural, obj)
         if status.terminal:
             return status
-        namespace, plural, name = split_id(handle.id)
         resource = manifests.BY_PLURAL[plural]
         api = self.cluster.custom()
         _DELETED_BY_US.add(handle.id)
         marker = {"metadata": {"annotations": {naming.CANCELLED_ANNOTATION: "true"}}}
         args = (resource.group, resource.version, namespace, plural, name)
-        for method, extra in (
-            (api.patch_namespaced_custom_object, (marker,)),  # so other processes see CANCELLED too
-            (api.delete_namespaced_custom_object, ()),
-        ):
-            kwargs: dict[str, Any] = {"_request_timeout": self.request_timeout, "_preload_content": False}
-            if method == api.delete_namespaced_custom_object:
-                kwargs["propagation_policy"] = "Foreground"  # an Experiment's trials go with it
-            try:
-                call(method, *args, *extra, **kwargs)
-            except Exception as exc:
-                if http_status(exc) == 404:
-                    break
-                if method == api.delete_namespaced_custom_object or http_status(exc) is None:
-                    raise
+        try:  # so other processes see CANCELLED too; the delete goes ahead without it
+            obj = read_body(call(api.patch_namespaced_custom_object, *args, marker,
+                                 _request_timeout=self.request_timeout, _preload_content=False))
+        except Exception as exc:
+            if http_status(exc) == 404:
+                return status
+            if http_status(exc) is None:
+                raise
+        if outcomes.holds(obj):  # a cancelled job has nothing to keep: its delete must finish
+            self.outcomes.release(handle, plural, obj)
+        try:  # foreground: an Experiment's trials go with it
+            call(api.delete_namespaced_custom_object, *args, propagation_policy="Foreground",
+                 _request_timeout=self.request_timeout, _preload_content=False)
+        except Exception as exc:
+            if http_status(exc) != 404:
+                raise
         return status
 
     def cancel(self, handle: Handle) -> Status:
@@ -255,6 +339,16 @@ class CustomResources:
             namespace=metadata["namespace"],
             resource=resource.kind,
         )
+
+
+def _body(
+    spec: TrainingJobSpec | ExperimentSpec, key: str, attempt: int, namespace: str, context: SubmitContext
+) -> dict[str, Any]:
+    """The object to create; one the operator removes after it ends keeps our finalizer (`outcomes`)."""
+    body = manifests.build(spec, key, attempt, namespace, context)
+    if outcomes.wants_finalizer(body):
+        outcomes.add_finalizer(body)
+    return body
 
 
 def _webhook_denial(exc: BaseException) -> bool:

@@ -2,13 +2,15 @@
 
 Multi-user KFP (every full Kubeflow install with Profiles, detected from `healthz`) keeps runs in
 a profile namespace: listing needs it and a run must belong to an experiment of it, so every call
-names the namespace, and a missing one is bad input before anything is sent. Ids are `kfp/<run_id>`. Runs have no labels, so a run has the display name
-`<name>-<key hash>-<attempt>` and its key in the description (see `pipelines`).
+names the namespace, and a missing one is bad input before anything is sent. Ids are `kfp/<run_id>`.
+Runs have no labels, so a run has the display name `<name>-<key hash>-<attempt>` and its key and
+spec fingerprint in the description (see `pipelines.describe`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from shared.backends.base import SubmitContext
@@ -39,12 +41,14 @@ class PipelineRuns:
         display_name = naming.run_display_name(spec.name, key, attempt)
         namespace = self.kfp.namespace_for(namespace)
         experiment_plugin = context.mlflow.get("experiment_id") if self.mlflow_plugin else None
-        body = pipelines.run_body(  # compiled and checked before anything is sent
+        body = pipelines.run_body(  # compiled (or looked up) and checked before anything is sent
             spec,
             display_name=display_name,
             key=key,
             env=context.env,
             mlflow_plugin_experiment=experiment_plugin,
+            fingerprint=context.fingerprint,
+            uploaded=self.uploaded(spec, namespace),
         )
         # Multi-user KFP refuses a run outside an experiment of its namespace; kfp.Client falls back
         # to the namespace's `Default` experiment (get-or-create), and so do we, in either mode.
@@ -55,6 +59,23 @@ class PipelineRuns:
             lambda: self._find(pipelines.equals("display_name", display_name), key, namespace),
         )
         return self.handle(run, key, namespace)
+
+    def uploaded(self, spec: PipelineRunSpec, namespace: str | None) -> tuple[Any, dict[str, Any]] | None:
+        """For a run of an uploaded pipeline: its version and PipelineSpec (SpecError when missing)."""
+        if not spec.pipeline_name:
+            return None
+        from shared.backends.kubernetes import uploaded
+
+        return uploaded.resolve(self.kfp, spec, namespace)
+
+    def dry_run(self, spec: PipelineRunSpec, namespace: str | None, env: Mapping[str, str]) -> None:
+        """What KFP has no dry run for, checked before anything is opened or created: the uploaded
+        pipeline and version exist and take these parameters (a file or function is checked at submit)."""
+        if spec.pipeline_name:
+            from shared.specs.pipeline_ir import pipeline_arguments
+
+            _, pipeline = self.uploaded(spec, self.kfp.namespace_for(namespace))
+            pipeline_arguments(pipeline, spec.parameters, env)
 
     def find(self, key: str, namespace: str | None) -> Handle | None:
         namespace = self.kfp.namespace_for(namespace)
@@ -79,6 +100,10 @@ class PipelineRuns:
     def get(self, handle_id: str, namespace: str | None) -> Handle:
         run = self.get_run(handle_id.removeprefix(KFP_PREFIX))
         return self.handle(run, pipelines.key_of(run) or "", namespace)
+
+    def fingerprint(self, handle: Handle) -> str | None:
+        """The spec fingerprint in the run's description; None for a run made before we stored it."""
+        return pipelines.field_of(self.get_run(handle.id.removeprefix(KFP_PREFIX)), "fingerprint")
 
     def list(self, namespace: str | None) -> list[Handle]:
         namespace = self.kfp.namespace_for(namespace)

@@ -58,6 +58,10 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ submit and find
 
+    def dry_run(self, spec: Spec, key: str, attempt: int, context: SubmitContext) -> None:
+        """What cannot run here is refused before the MLflow run is opened, not only at submit."""
+        admission.check_runnable(spec)
+
     def submit(self, spec: Spec, key: str, attempt: int, context: SubmitContext) -> Handle:
         admission.check_runnable(spec)  # what only the cluster can run is refused before anything exists
         with self.store.key_lock(key):

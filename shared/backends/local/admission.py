@@ -131,6 +131,12 @@ def _pipeline(spec: PipelineRunSpec) -> None:
     """A compiled pipeline's kfp-kubernetes settings; a `module:function` is checked when compiled."""
     from shared.specs.kfp_package import read_package
 
+    if spec.pipeline_name:
+        raise SpecError(
+            "spec.pipelineName",
+            "the local backend has no pipeline registry to look an uploaded pipeline up in: give spec.pipeline "
+            "(a compiled file or module:function), or use the Kubernetes backend",
+        )
     if not os.path.isfile(spec.pipeline):
         return
     check_kfp_platform(read_package(spec.pipeline).platform_spec)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import psutil
 
+from shared.mlflow_client import client_defaults
+
 PYTHON_NAMES = {"python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}"}
 RUN_MARKER = "KUBEFLOW_TASKS_LOCAL_RUN"  # the run directory, in the environment of every process of a run
 _START_TOLERANCE = 0.05  # seconds; psutil's start times have clock-tick resolution (non-Linux fallback)
@@ -53,8 +55,9 @@ def resolve_command(argv: Sequence[str]) -> list[str]:
 
 
 def child_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a child: ours, with this interpreter's bin first on PATH, plus `extra`."""
-    env = dict(os.environ)
+    """The environment of a child: ours (without our MLflow client defaults, see
+    `shared.mlflow_client`), with this interpreter's bin first on PATH, plus `extra`."""
+    env = client_defaults.environ()
     bindir = os.path.dirname(sys.executable)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env["PYTHONUNBUFFERED"] = "1"
