@@ -18,7 +18,7 @@ import sys
 import tempfile
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,10 @@ class AirflowEnv:
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}",
+            # One SQLite file for the scheduler, api-server, triggerer and tasks: one writer at a time,
+            # and on two busy cores a writer can wait longer than SQLite's default 5 s ("database is
+            # locked", an api-server 500); wait up to 60 s instead.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}?timeout=60",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",  # LocalExecutor starts this many workers
             "AIRFLOW__API_AUTH__JWT_SECRET": "kubeflow-tasks-tests-only",
@@ -80,7 +83,7 @@ class AirflowEnv:
         return proc
 
     def start(self, *args: str, log_name: str) -> subprocess.Popen[bytes]:
-        """A long-running Airflow process (triggerer, dags test) in its own session, output to a file."""
+        """A long-running Airflow process (scheduler, triggerer, dags test) in its own session, output to a file."""
         out = open(self.home / log_name, "wb")  # noqa: SIM115 - closed by stop()
         return subprocess.Popen(
             [sys.executable, "-m", "airflow", *args],
@@ -92,7 +95,7 @@ class AirflowEnv:
         )
 
     def api(self, base_url: str, method: str, path: str, body: Mapping[str, Any]) -> Any:
-        """One call of the api-server's public REST API (no login: see `triggerer_and_api_server`)."""
+        """One call of the api-server's public REST API (no login: see `deployment`)."""
         request = urllib.request.Request(
             base_url + path, data=json.dumps(body).encode(), method=method, headers={"Content-Type": "application/json"}
         )
@@ -107,7 +110,14 @@ class AirflowEnv:
         self.airflow("db", "migrate", timeout=300)
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(self.db_path) as db:
+        """Read the database, one short-lived connection per query.
+
+        Never read the database's files any other way while Airflow runs, not even to grep them:
+        closing such a file drops every POSIX lock this process holds on it, SQLite's included (in
+        SQLite's "How To Corrupt An SQLite Database File"); after a test grepped `airflow.db-wal`,
+        later reads here failed with "database disk image is malformed" or saw stale rows.
+        """
+        with closing(sqlite3.connect(self.db_path)) as db:
             return db.execute(sql, params).fetchall()
 
     def xcoms(self, dag_id: str, task_id: str) -> dict[str, Any]:
@@ -144,8 +154,8 @@ def _json(value: Any) -> Any:
 def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
     """SIGTERM the process's session, then SIGKILL what is left after `grace` seconds.
 
-    The whole group, even when the leader has exited: `dags test --use-executor` can leave idle
-    LocalExecutor workers behind.
+    The whole group, even when the leader has exited: a scheduler can leave idle LocalExecutor
+    workers behind.
     """
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -199,20 +209,56 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextmanager
-def triggerer_and_api_server(env: AirflowEnv) -> Iterator[str]:
-    """A separate `airflow triggerer` and the `airflow api-server` that executor workers report to.
+@dataclass
+class Deployment:
+    """A running Airflow: its api-server's URL and its scheduler process (see `deployment`)."""
 
-    With them, `airflow dags test --use-executor` runs tasks through the LocalExecutor and leaves
-    deferred tasks to the triggerer process, as a deployment does (plain `dags test` runs
-    triggers inline, in its own process). Yields the api-server's URL; its public API needs no
-    login here (simple auth manager, everyone admin), so a test can act as a user would.
+    env: AirflowEnv
+    api: str
+    scheduler: subprocess.Popen[bytes]
+
+    def trigger(self, dag_id: str, conf: Mapping[str, Any], run_id: str | None = None) -> str:
+        """Unpause the DAG and start a run through the REST API, as the UI's Trigger does; its run id."""
+        self.env.api(self.api, "PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+        body = {"dag_run_id": run_id or f"kft__{dag_id}", "logical_date": None, "conf": dict(conf)}
+        return self.env.api(self.api, "POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str | None:
+        rows = self.env.query("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", dag_id, run_id)
+        return rows[0][0] if rows else None
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 240) -> str:
+        """The run's final state (success or failed), once the scheduler has it."""
+
+        def finished() -> str | None:
+            if self.scheduler.poll() is not None:
+                raise AssertionError(f"the scheduler exited: {self.env.log('scheduler.log')[-3000:]}")
+            state = self.run_state(dag_id, run_id)
+            return state if state in ("success", "failed") else None
+
+        return wait_until(finished, timeout, f"DAG run {dag_id}/{run_id} to finish", interval=0.5)
+
+
+@contextmanager
+def deployment(env: AirflowEnv) -> Iterator[Deployment]:
+    """An Airflow as deployed: `airflow scheduler` (LocalExecutor workers), `airflow triggerer` and
+    the `airflow api-server` the workers report to, sharing one database.
+
+    DAGs run as a user runs them: triggered through the REST API, scheduled by the scheduler, their
+    deferred tasks resumed by the separate triggerer. (Not `airflow dags test --use-executor`: on
+    Airflow 3.0 its loop reads task states from a session it never expires, so it fails a task that
+    the executor reports finished before the loop sees the new state — "task state changed
+    externally"; fixed in 3.1+ by apache/airflow#59314.) The DAGs are serialized first, the
+    scheduler's input. Yields the `Deployment`; its public API needs no login here (simple auth
+    manager, everyone admin), so a test can act as a user would.
     """
     port = free_port()
     env.extra_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
     env.extra_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
+    env.airflow("dags", "reserialize")
     triggerer = env.start("triggerer", log_name="triggerer.log")
     api = env.start("api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", log_name="api-server.log")
+    scheduler = env.start("scheduler", log_name="scheduler.log")
 
     def healthy() -> bool:
         try:
@@ -225,7 +271,8 @@ def triggerer_and_api_server(env: AirflowEnv) -> Iterator[str]:
 
     try:
         wait_until(healthy, 180, "the api-server to answer")
-        yield f"http://127.0.0.1:{port}"
+        yield Deployment(env, f"http://127.0.0.1:{port}", scheduler)
     finally:
+        stop(scheduler)
         stop(triggerer)
         stop(api)

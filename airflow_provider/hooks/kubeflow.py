@@ -10,7 +10,13 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider.compat import AirflowNotFoundException, BaseHook
+from airflow_provider.compat import (
+    ASYNC_CONNECTION_LOOKUP,
+    AirflowNotFoundException,
+    BaseHook,
+    amask_secret,
+    in_trigger,
+)
 from airflow_provider.connection import (
     CONN_TYPE,
     DEFAULT_CONN_ID,
@@ -59,6 +65,9 @@ class KubeflowHook(BaseHook):
 
     @cached_property
     def options(self) -> ConnectionOptions:
+        return self._read_options()
+
+    def _read_options(self) -> ConnectionOptions:
         try:
             conn = self.get_connection(self.kubeflow_conn_id)
         except AirflowNotFoundException:
@@ -68,26 +77,31 @@ class KubeflowHook(BaseHook):
         return self.options_from(conn)
 
     async def aoptions(self) -> ConnectionOptions:
-        """`options` for async callers (triggers): the sync lookup would block the event loop."""
+        """`options` for triggers, which must neither block the event loop nor call the Task SDK's
+        synchronous API from it (see `airflow_provider.compat`)."""
+        if not ASYNC_CONNECTION_LOOKUP:  # Airflow before 3.3: the synchronous calls, as 3.0 allows them
+            return await in_trigger(self._read_options)
         try:
-            if hasattr(self, "aget_connection"):
-                conn = await self.aget_connection(self.kubeflow_conn_id)
-            else:  # Airflow 3.0 has no async lookup: the sync one, off the event loop as its docs ask
-                from asgiref.sync import sync_to_async
-
-                conn = await sync_to_async(self.get_connection)(self.kubeflow_conn_id)
+            conn = await self.aget_connection(self.kubeflow_conn_id)
         except AirflowNotFoundException:
             if self.kubeflow_conn_id != DEFAULT_CONN_ID:
                 raise
             return ConnectionOptions()
-        return self.options_from(conn)
+        options = self.parse(conn)
+        for secret in options.secrets():
+            await amask_secret(secret)
+        return options
 
     @staticmethod
-    def options_from(conn: Any) -> ConnectionOptions:
+    def parse(conn: Any) -> ConnectionOptions:
+        return ConnectionOptions.parse(host=conn.host, password=conn.password, extra=conn.extra_dejson)
+
+    @classmethod
+    def options_from(cls, conn: Any) -> ConnectionOptions:
         """Parse a connection and register its secrets with Airflow's log masker."""
         from airflow.sdk.log import mask_secret
 
-        options = ConnectionOptions.parse(host=conn.host, password=conn.password, extra=conn.extra_dejson)
+        options = cls.parse(conn)
         for secret in options.secrets():
             mask_secret(secret)
         return options

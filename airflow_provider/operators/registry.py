@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, AssetAlias, BaseOperator
+from airflow.sdk import Asset, AssetAlias
 
+from airflow_provider.compat import AirflowException, BaseOperator
 from airflow_provider.connection import DEFAULT_CONN_ID
 from airflow_provider.hooks.kubeflow import KubeflowHook
 
@@ -92,8 +93,6 @@ class MlflowModelPromotionOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         import os
-
-        from airflow.sdk.exceptions import AirflowException
 
         from airflow_provider.operators.base import KubeflowBaseOperator
         from shared.errors import SpecError
