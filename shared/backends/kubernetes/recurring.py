@@ -126,16 +126,6 @@ def upload_pipeline(
         found = [p for p in body.get("pipelines") or [] if p.get("display_name") == spec.name]
         return min(found, key=lambda p: str(p.get("created_at") or "")) if found else None
 
-    def find_version(pipeline_id: str) -> dict[str, Any] | None:
-        body = kfp.request(
-            pipelines_api.pipeline_service_list_pipeline_versions,
-            pipeline_id,
-            filter=equals("display_name", version),
-            page_size=100,
-        )
-        found = [v for v in body.get("pipeline_versions") or [] if v.get("display_name") == version]
-        return min(found, key=lambda v: str(v.get("created_at") or "")) if found else None
-
     with tempfile.TemporaryDirectory(prefix="kubeflow-tasks-upload-") as scratch:
         path = os.path.join(scratch, f"{spec.name}.yaml")
         with open(path, "w") as f:
@@ -148,7 +138,7 @@ def upload_pipeline(
                 find_pipeline,
             )
         pipeline_id = pipeline["pipeline_id"]
-        existing = find_version(pipeline_id)
+        existing = version_named(kfp, pipeline_id, version)
         if existing is not None:
             return PipelineVersion(pipeline_id, spec.name, existing["pipeline_version_id"], version, False)
         made = create_once_then_find(
@@ -156,9 +146,24 @@ def upload_pipeline(
                 uploads.upload_pipeline_version, path, name=version, display_name=version, pipelineid=pipeline_id,
                 retry=False,
             ),
-            lambda: find_version(pipeline_id),
+            lambda: version_named(kfp, pipeline_id, version),
         )
         return PipelineVersion(pipeline_id, spec.name, made["pipeline_version_id"], version, True)
+
+
+def version_named(kfp: Kfp, pipeline_id: str, name: str) -> dict[str, Any] | None:
+    """The version of the pipeline with this display name, the oldest if several share it (KFP
+    allows that: two uploads racing each other), or None."""
+    import kfp_server_api
+
+    body = kfp.request(
+        kfp_server_api.PipelineServiceApi(kfp.api_client()).pipeline_service_list_pipeline_versions,
+        pipeline_id,
+        filter=equals("display_name", name),
+        page_size=100,
+    )
+    found = [v for v in body.get("pipeline_versions") or [] if v.get("display_name") == name]
+    return min(found, key=lambda v: str(v.get("created_at") or "")) if found else None
 
 
 def recurring_display_name(spec_name: str, key: str) -> str:

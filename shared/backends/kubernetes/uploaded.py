@@ -19,7 +19,7 @@ from typing import Any
 
 from shared.backends.kubernetes.access import Kfp
 from shared.backends.kubernetes.pipelines import equals
-from shared.backends.kubernetes.recurring import PipelineVersion
+from shared.backends.kubernetes.recurring import PipelineVersion, version_named
 from shared.errors import SpecError
 from shared.specs.model import PipelineRunSpec
 
@@ -67,20 +67,14 @@ def find_version(kfp: Kfp, pipeline: Mapping[str, Any], version: str | None) -> 
         if not found:
             raise SpecError("spec.pipelineName", f"pipeline {name!r} has no version to run")
         return found[0]
-    body = kfp.request(
-        api.pipeline_service_list_pipeline_versions,
-        pipeline_id,
-        filter=equals("display_name", version),
-        page_size=10,
-    )
-    found = [v for v in body.get("pipeline_versions") or [] if v.get("display_name") == version]
-    if not found:
+    found = version_named(kfp, pipeline_id, version)
+    if found is None:
         newest = kfp.request(
             api.pipeline_service_list_pipeline_versions, pipeline_id, sort_by="created_at desc", page_size=5
         )
         known = ", ".join(repr(v.get("display_name")) for v in newest.get("pipeline_versions") or []) or "none"
         raise SpecError("spec.pipelineVersion", f"pipeline {name!r} has no version {version!r} (newest: {known})")
-    return min(found, key=lambda v: str(v.get("created_at") or ""))
+    return found
 
 
 def resolve(kfp: Kfp, spec: PipelineRunSpec, namespace: str | None) -> tuple[PipelineVersion, dict[str, Any]]:
