@@ -81,10 +81,8 @@ def test_the_example_training_specs_submit_unchanged_and_succeed(cluster, tmp_pa
 # ---------------------------------------------------------------- a killed waiter's successor adopts
 
 
-def test_a_waiting_process_killed_and_restarted_adopts_its_object(cluster, tmp_path):
-    key = unique("nightly/train")
-    doc = cluster.training_manifest(SPECS / "pytorch-mnist.yaml", seconds=5, name=unique("adopt"))
-    spec = cluster.write(doc, tmp_path, "adopt")
+def waiter_command(cluster: TestCluster, tmp_path: Path, spec: Path, key: str) -> tuple[list[str], dict[str, str]]:
+    """The CLI waiting on a training job under `key`, and its environment (no MLflow)."""
     command = [
         sys.executable, "-m", "shared.cli", "run", "training-job", "--spec", str(spec),
         "--backend", "kubernetes", "--kubeconfig", str(cluster.kubeconfig(tmp_path)), "--key", key,
@@ -92,6 +90,13 @@ def test_a_waiting_process_killed_and_restarted_adopts_its_object(cluster, tmp_p
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    return command, env
+
+
+def kill_once_it_created_its_job(
+    cluster: TestCluster, tmp_path: Path, command: list[str], env: dict[str, str], key: str
+) -> None:
+    """Start the waiter and SIGKILL it as soon as its PyTorchJob exists: no chance to cancel it."""
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
     try:
         wait_until(lambda: with_key(cluster.objects("pytorchjobs", tmp_path), key) or first.poll() is not None,
@@ -101,6 +106,14 @@ def test_a_waiting_process_killed_and_restarted_adopts_its_object(cluster, tmp_p
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         first.stderr.close()
+
+
+def test_a_waiting_process_killed_and_restarted_adopts_its_object(cluster, tmp_path):
+    key = unique("nightly/train")
+    doc = cluster.training_manifest(SPECS / "pytorch-mnist.yaml", seconds=5, name=unique("adopt"))
+    spec = cluster.write(doc, tmp_path, "adopt")
+    command, env = waiter_command(cluster, tmp_path, spec, key)
+    kill_once_it_created_its_job(cluster, tmp_path, command, env, key)
     assert len(with_key(cluster.objects("pytorchjobs", tmp_path), key)) == 1
 
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -158,23 +171,9 @@ def test_a_success_its_ttl_removed_while_nobody_waited_is_adopted_by_the_retry(c
     """The waiter is killed, the job succeeds and its TTL deletes it: the retry must not train again."""
     key = unique("nightly/ttl")
     spec = cluster.write(ttl_manifest(cluster, seconds=3), tmp_path, "ttl")
-    command = [
-        sys.executable, "-m", "shared.cli", "run", "training-job", "--spec", str(spec),
-        "--backend", "kubernetes", "--kubeconfig", str(cluster.kubeconfig(tmp_path)), "--key", key,
-        "--output", "json",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    command, env = waiter_command(cluster, tmp_path, spec, key)
     rv = pytorchjobs_rv(cluster, tmp_path)
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
-    try:
-        wait_until(lambda: with_key(cluster.objects("pytorchjobs", tmp_path), key) or first.poll() is not None,
-                   timeout=60, what="the first waiter creates its PyTorchJob")
-        assert first.poll() is None, first.stderr.read().decode()
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        first.stderr.close()
+    kill_once_it_created_its_job(cluster, tmp_path, command, env, key)
     (job,) = with_key(cluster.objects("pytorchjobs", tmp_path), key)
     name = job["metadata"]["name"]
 
