@@ -277,6 +277,12 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
     log_line = None if args.quiet else (lambda line: print(shown(line), file=sys.stderr, flush=True))
 
     guards = []
+    mlflow = {  # the MLflow hand-off, the same whether the CLI waits or detaches
+        "mlflow_tracking_uri": args.mlflow_tracking_uri,
+        "upstream_mlflow_run_id": args.mlflow_upstream_run_id,
+        "mlflow_experiment": args.mlflow_experiment,
+        "credentials_secret": args.mlflow_credentials_secret,
+    }
 
     def submitted(submission) -> None:
         _announce(submission, progress)
@@ -290,16 +296,7 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
             )
 
     if args.detach:
-        submission = await asyncio.to_thread(
-            submit_or_adopt,
-            backend,
-            spec,
-            key,
-            mlflow_tracking_uri=args.mlflow_tracking_uri,
-            upstream_mlflow_run_id=args.mlflow_upstream_run_id,
-            mlflow_experiment=args.mlflow_experiment,
-            credentials_secret=args.mlflow_credentials_secret,
-        )
+        submission = await asyncio.to_thread(submit_or_adopt, backend, spec, key, **mlflow)
         submitted(submission)
         status = await asyncio.to_thread(backend.status, submission.handle)
         emit(Outcome(submission, status).to_dict(), args.output, names)
@@ -327,10 +324,7 @@ async def _run(args: argparse.Namespace, backend, spec, key: str, timeout: float
             backend,
             spec,
             key,
-            mlflow_tracking_uri=args.mlflow_tracking_uri,
-            upstream_mlflow_run_id=args.mlflow_upstream_run_id,
-            mlflow_experiment=args.mlflow_experiment,
-            credentials_secret=args.mlflow_credentials_secret,
+            **mlflow,
             timeout=timeout,
             startup_timeout=args.startup_timeout,
             cancel_requested=cancel_requested,
