@@ -14,9 +14,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dolphinscheduler_tasks.script import ScriptWriter, key_template
+from dolphinscheduler_tasks.script import ScriptWriter, key_template, refuse_passwords
 from dolphinscheduler_tasks.tasks import Shell, _OfflineCodes
-from shared.errors import SpecError
 from shared.promotion import OUT_PARAMETERS, promotion_spec
 
 
@@ -75,8 +74,6 @@ class ModelPromotion(_OfflineCodes, Shell):
         cli: str = "kubeflow-tasks",
         **kwargs: Any,
     ):
-        from urllib.parse import urlsplit
-
         from pydolphinscheduler.core.parameter import ParameterType
 
         from dolphinscheduler_tasks.script import RunOptions
@@ -100,8 +97,7 @@ class ModelPromotion(_OfflineCodes, Shell):
             evaluate_params={k: ("1" if "${" in v else v) for k, v in values.items()} if values else None,
             working_dir=folder,
         )
-        if mlflow_tracking_uri and urlsplit(mlflow_tracking_uri).password:
-            raise SpecError("mlflow_tracking_uri", "holds a password; configure credentials on the worker instead")
+        refuse_passwords(mlflow_tracking_uri=mlflow_tracking_uri)
         if values:  # the values as given, references and all
             checked = dataclasses.replace(checked, evaluate_params=values)
         arguments, switches = promote_arguments(checked, run_id)

@@ -5,8 +5,9 @@ DolphinScheduler substitutes `${name}` as TEXT into a Shell task's script before
 arrives from an upstream task: a quote or a newline in it would end the quoting. Every value that is
 not plainly safe is therefore written into a quoted here-document (`<<'KFT_<token>'`, nothing inside
 is expanded by bash) and read into a variable that is passed as "$VAR". The delimiter carries a
-random token per task, so a value cannot end the here-document early unless it contains that exact
-line. Plainly safe values (letters, digits and `_./:@%+=,-`, no `$`) are written inline: neither bash
+digest of the task's values (the same workflow gives the same definitions, no new version per
+submit), and a value that contains it is refused, so a value cannot end the here-document early.
+Plainly safe values (letters, digits and `_./:@%+=,-`, no `$`) are written inline: neither bash
 nor DolphinScheduler can change them.
 
 The script ends in `exec`, so the CLI is the worker's direct child and receives the worker's
@@ -58,6 +59,17 @@ def cli_deadline_seconds(timeout_minutes: int) -> int:
     total = timeout_minutes * 60
     margin = min(max(total * 0.05, CANCEL_BOUND_SECONDS), 300.0, total / 2)
     return max(1, int(total - margin))
+
+
+def refuse_passwords(**urls: str | None) -> None:
+    """A URL with a password would be stored in clear in the task definition, which every
+    DolphinScheduler user of the project can read: credentials belong on the worker."""
+    from urllib.parse import urlsplit
+
+    for field_name, url in urls.items():
+        if url and urlsplit(url).password:
+            raise SpecError(field_name, "holds a password; the script is visible in DolphinScheduler, "
+                            "configure credentials on the worker instead")
 
 
 @dataclass

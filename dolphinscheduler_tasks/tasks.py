@@ -21,10 +21,15 @@ import warnings
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 from dolphinscheduler_tasks.offline import is_offline, offline_code
-from dolphinscheduler_tasks.script import RunOptions, cli_deadline_seconds, run_script, summary_script
+from dolphinscheduler_tasks.script import (
+    RunOptions,
+    cli_deadline_seconds,
+    refuse_passwords,
+    run_script,
+    summary_script,
+)
 from shared.errors import SpecError
 from shared.params import texts
 from shared.setvalue import out_parameter_names
@@ -103,10 +108,7 @@ class KubeflowTask(_OfflineCodes, Shell):
     ):
         values = texts(params)  # the one rule of shared.params, as the Airflow operators use
         parsed = self._check_spec(spec, values)
-        for field_name, url in (("mlflow_tracking_uri", mlflow_tracking_uri), ("kfp_host", kfp_host)):
-            if url and urlsplit(url).password:
-                raise SpecError(field_name, "holds a password; the script is visible in DolphinScheduler, "
-                                "configure credentials on the worker instead")
+        refuse_passwords(mlflow_tracking_uri=mlflow_tracking_uri, kfp_host=kfp_host)
         strategy = timeout_notify_strategy or ("FAILED" if timeout else None)
         minutes = timedelta2timeout(timeout) if isinstance(timeout, timedelta) else timeout
         deadline = cli_deadline_seconds(minutes) if minutes and strategy in KILLING_STRATEGIES else None
