@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from dolphinscheduler_tasks.script import PARAM_NAME, RunOptions, ScriptWriter
-from dolphinscheduler_tasks.tasks import Shell, _OfflineCodes, _text
+from dolphinscheduler_tasks.tasks import Shell, _OfflineCodes
 from shared.errors import SpecError
+from shared.params import texts
 
 
 def schedule_key() -> str:
@@ -54,7 +55,7 @@ class KubeflowRecurringRun(_OfflineCodes, Shell):
         from shared.specs import load_spec
 
         schedule_of(cron, max_concurrency, no_catchup, disable, delete)  # the CLI's checks, now, naming our fields
-        values = {str(k): _text(v) for k, v in (params or {}).items()}
+        values = texts(params)  # the one rule of shared.params
         stand_in = {k: ("1" if "${" in v else v) for k, v in values.items()}
         load_spec(spec, kind="pipeline", params=stand_in)
         writer = ScriptWriter()

@@ -207,7 +207,7 @@ class Summary(_OfflineCodes, Shell):
     """Print `label: value` lines; values may be upstream references, read as data, never as shell."""
 
     def __init__(self, name: str, rows: Mapping[str, Any], **kwargs: Any):
-        text_rows = {str(k): _text(v) for k, v in rows.items()}
+        text_rows = texts(rows)
         super().__init__(name, summary_script(f"summary: DolphinScheduler task {name}", text_rows), **kwargs)
 
 
@@ -228,5 +228,3 @@ def register() -> None:
             tasks.__all__.append(cls.__name__)
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)

@@ -25,7 +25,7 @@ class KubeflowRecurringRunOperator(BaseOperator):
 
     :param spec: a PipelineRun document or compiled pipeline file (relative to the DAG file). Templated.
     :param cron: five fields (minute first) or KFP's six (second first). Required unless `delete`.
-    :param params: pipeline parameters. Templated.
+    :param spec_params: pipeline parameters (turned into text by shared.params). Templated; `params` keeps Airflow's meaning.
     :param key: default `<dag_id>/<task_id>`.
     """
 
@@ -36,7 +36,7 @@ class KubeflowRecurringRunOperator(BaseOperator):
         *,
         spec: str,
         cron: str | None = None,
-        params: Mapping[str, Any] | None = None,
+        spec_params: Mapping[str, Any] | None = None,
         key: str | None = None,
         max_concurrency: int = 1,
         no_catchup: bool = False,
@@ -53,7 +53,7 @@ class KubeflowRecurringRunOperator(BaseOperator):
         self.cron = self.schedule.cron if self.schedule else None
         self.max_concurrency = max_concurrency
         self.spec = spec
-        self.spec_params = dict(params or {})
+        self.spec_params = dict(spec_params or {})
         self.key = key
         self.no_catchup = no_catchup
         self.disable = disable
@@ -66,11 +66,12 @@ class KubeflowRecurringRunOperator(BaseOperator):
 
         from shared.backends.kubernetes.recurring import apply_recurring_run
         from shared.errors import SpecError
+        from shared.params import texts
         from shared.specs import load_spec
 
         base_dir = os.path.dirname(os.path.abspath(self.dag.fileloc)) if self.has_dag() else os.getcwd()
         path = self.spec if os.path.isabs(self.spec) else os.path.join(base_dir, self.spec)
-        spec = load_spec(path, kind="pipeline", params={k: str(v) for k, v in self.spec_params.items()})
+        spec = load_spec(path, kind="pipeline", params=texts(self.spec_params))
         options = KubeflowHook(self.kubeflow_conn_id).options
         if options.backend != "kubernetes":
             raise SpecError(
